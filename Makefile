@@ -1,0 +1,38 @@
+# make demo: set up on a fresh Debian machine and train Fashion-MNIST at B=256 and B=4096 (emulated).
+# make test: set up and run the test suite.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEMO_EPOCHS ?= 12
+DEMO_WARMUP ?= 2
+
+.PHONY: setup demo test clean
+
+setup: $(STAMP) $(FMNIST)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+$(FMNIST):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+demo: setup
+	$(BIN)/python recipes/fashion_mnist.py --global-batch 256 --micro-batch 256 --epochs $(DEMO_EPOCHS) \
+		--run-dir runs/demo-B256 --resume
+	$(BIN)/python recipes/fashion_mnist.py --global-batch 4096 --micro-batch 256 --epochs $(DEMO_EPOCHS) \
+		--warmup gradual --warmup-epochs $(DEMO_WARMUP) --run-dir runs/demo-B4096 --resume
+	$(BIN)/largebatch compare runs/demo-B256 runs/demo-B4096 --plot runs/demo.png
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf runs $(VENV)

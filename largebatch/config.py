@@ -1,0 +1,166 @@
+"""One dataclass holds a run's configuration; the command line and YAML files fill it.
+
+Precedence, lowest first: the dataclass defaults, the recipe's defaults, a `--config` YAML file,
+then flags on the command line. Every field is a flag: `global_batch` is `--global-batch`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+
+
+def _opt(default, help, choices=None):
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class Config:
+    # The batch: B = micro_batch x world size x accumulation steps.
+    global_batch: int = _opt(256, "examples per optimizer step, over all devices and accumulation steps (kn)")
+    micro_batch: int = _opt(32, "examples per device per forward/backward pass")
+    epochs: float = _opt(90, "training length in epochs (an epoch is len(train) // global_batch steps)")
+    # The paper's recipe.
+    base_lr: float = _opt(0.1, "learning rate at --base-batch; scaled linearly to the global batch")
+    base_batch: int = _opt(256, "batch size that --base-lr belongs to")
+    warmup: str = _opt("gradual", "warmup kind (paper: gradual)", ["gradual", "constant", "none"])
+    warmup_epochs: float = _opt(5, "warmup length in epochs, counted in optimizer steps")
+    schedule: str = _opt("step", "decay after warmup: step (/10 at 1/3, 2/3, 8/9) or cosine", ["step", "cosine"])
+    bn: str = _opt("ghost", "BatchNorm statistics: ghost groups of --bn-batch, the plain micro-batch, or "
+                   "synchronized across devices", ["ghost", "micro", "sync"])
+    bn_batch: int = _opt(32, "examples per BatchNorm group with --bn ghost (the paper's n)")
+    zero_init_last: bool = _opt(True, "start the last BN gamma of every residual block at zero")
+    momentum: float = _opt(0.9, "SGD momentum")
+    weight_decay: float = _opt(1e-4, "weight decay on conv/linear weights (never on BN or biases)")
+    wd_scaling: str = _opt("none", "'inverse' scales weight decay by base_batch/global_batch: an ablation of "
+                           "a popular misreading, not the paper", ["none", "inverse"])
+    momentum_form: str = _opt("torch", "torch: u=m*u+g, w-=lr*u; paper: eq. 10 with momentum correction",
+                              ["torch", "paper"])
+    # What to train on.
+    model: str = _opt("resnet_fmnist", "timm model name")
+    data_dir: str = _opt("", "folder holding the data set files (recipe default if empty)")
+    subset: int = _opt(0, "train on the first N training examples only (0: all)")
+    workers: int = _opt(0, "data-loading worker processes per device (0: load in the training process)")
+    seed: int = _opt(0, "seed for initialization, data order and augmentation")
+    # Where results go.
+    run_dir: str = _opt("", "output folder (default runs/<dataset>-B<global batch>-seed<seed>)")
+    resume: bool = _opt(False, "continue from the newest checkpoint in --run-dir")
+    checkpoint_every: int = _opt(0, "save a checkpoint every N optimizer steps (0: at the end of each epoch)")
+    keep_checkpoints: int = _opt(2, "how many checkpoints to keep")
+    eval_every: float = _opt(1, "evaluate every N epochs")
+    report_to: str = _opt("none", "also log to W&B (offline without WANDB_API_KEY)", ["none", "wandb"])
+    wandb_project: str = _opt("largebatch", "W&B project name")
+    dry_run: bool = _opt(False, "print the run header (batch split, scaled rate, warmup) and exit")
+
+    def validate(self) -> "Config":
+        for name in ("global_batch", "micro_batch", "base_batch", "bn_batch", "keep_checkpoints"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{_flag(name)} {getattr(self, name)} must be positive")
+        for name in ("epochs", "base_lr", "eval_every"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"--{_flag(name)} {getattr(self, name)} must be positive")
+        for name in ("warmup_epochs", "weight_decay", "momentum", "subset", "workers", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{_flag(name)} {getattr(self, name)} must not be negative")
+        if self.warmup != "none" and self.global_batch > self.base_batch and self.warmup_epochs >= self.epochs:
+            raise UserError(f"--warmup-epochs {self.warmup_epochs} must be shorter than --epochs {self.epochs}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise UserError(f"--{_flag(f.name)} {getattr(self, f.name)!r} is not one of {', '.join(choices)}")
+        if self.bn == "ghost" and self.micro_batch % self.bn_batch:
+            raise UserError(f"--micro-batch {self.micro_batch} is not a multiple of --bn-batch {self.bn_batch}: "
+                            f"ghost BatchNorm needs whole groups; use a micro-batch that is a multiple of it")
+        return self
+
+    def accumulation_steps(self, world_size: int) -> int:
+        """B / (b * W), refused unless it divides exactly."""
+        per_step = self.micro_batch * world_size
+        if self.global_batch % per_step:
+            raise UserError(f"--global-batch {self.global_batch} is not divisible by --micro-batch "
+                            f"{self.micro_batch} x {world_size} processes = {per_step}; pick a global batch "
+                            f"that is a multiple of {per_step}")
+        return self.global_batch // per_step
+
+    def fingerprint(self) -> str:
+        """Hash of the fields that shape the training trajectory (not where or how it is logged)."""
+        operational = {"run_dir", "resume", "checkpoint_every", "keep_checkpoints", "report_to",
+                       "wandb_project", "dry_run", "workers", "eval_every", "data_dir"}
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in operational}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (true/false)")
+
+
+def build_parser(defaults: Config) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Train with the large-minibatch recipe of Goyal et al. 2017.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", help="YAML file of options (keys as the flags, with - or _)")
+    for f in dataclasses.fields(Config):
+        default = getattr(defaults, f.name)
+        kind = _bool if isinstance(default, bool) else type(default)
+        kwargs = dict(type=kind, default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {default})")
+        if isinstance(default, bool):
+            kwargs.update(nargs="?", const=True)
+        p.add_argument(f"--{_flag(f.name)}", **kwargs)
+    return p
+
+
+def load_yaml(path: str) -> dict:
+    """Options from a YAML mapping, keys normalized to field names."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"--config {path}: no such file") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"--config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path} must hold a mapping of option: value, not {type(data).__name__}")
+    names = {f.name: f for f in dataclasses.fields(Config)}
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in names:
+            raise UserError(f"--config {path}: unknown option {key!r}; see --help for the options")
+        out[name] = _coerce(name, value, type(getattr(Config(), name)), path)
+    return out
+
+
+def _coerce(name, value, kind, source):
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is str and value is None:
+        return ""
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise UserError(f"{source}: option {name!r} = {value!r} should be a {kind.__name__}")
+    return value
+
+
+def parse_config(argv: list[str], **recipe_defaults) -> Config:
+    """Config from recipe defaults, an optional --config YAML and the command line; validated."""
+    defaults = dataclasses.replace(Config(), **recipe_defaults)
+    parser = build_parser(defaults)
+    args = vars(parser.parse_args(argv))  # argparse itself answers bad flags with one line and exit 2
+    config_file = args.pop("config", None)
+    values = load_yaml(config_file) if config_file else {}
+    values.update(args)
+    return dataclasses.replace(defaults, **values).validate()

@@ -1,0 +1,216 @@
+"""The training loop every recipe shares: Accelerate, the paper's recipe, metrics and checkpoints."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs
+from tqdm.auto import tqdm
+
+from . import checkpoint
+from .config import Config
+from .errors import UserError
+from .metrics import MetricsLog
+from .optim import build_optimizer
+from .schedule import Schedule, lr_at
+from .sharding import epoch_order, micro_batches
+
+
+def make_accelerator(cfg: Config) -> Accelerator:
+    """An Accelerator that is really distributed on CPU too.
+
+    Without `cpu=True` Accelerate on a CPU-only machine silently trains each launched process alone;
+    DeepSpeed on CPU needs the gloo backend named explicitly.
+    """
+    cpu = not torch.cuda.is_available()
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    # Named only when launched: for a lone process the backend would make Accelerate expect a process group.
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if cpu and launched > 1 else []
+    if cfg.report_to == "wandb":
+        os.environ.setdefault("WANDB_MODE", "online" if os.environ.get("WANDB_API_KEY") else "offline")
+    accelerator = Accelerator(cpu=cpu, kwargs_handlers=handlers,
+                              log_with="wandb" if cfg.report_to == "wandb" else None)
+    actual = dist.get_world_size() if dist.is_initialized() else 1
+    if accelerator.num_processes != launched or actual != launched:
+        raise UserError(f"launched {launched} processes but Accelerate sees {accelerator.num_processes} and "
+                        f"torch.distributed {actual}: each would train alone; launch with an accelerate "
+                        f"config from accelerate_configs/ (on CPU: ACCELERATE_USE_CPU=1)")
+    if cpu and "OMP_NUM_THREADS" not in os.environ:
+        # Share the cores among the processes on this machine instead of oversubscribing them.
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    return accelerator
+
+
+def run_header(cfg: Config, world_size: int, accumulation: int, sched: Schedule) -> str:
+    return (f"global batch {cfg.global_batch} = micro-batch {cfg.micro_batch} x {world_size} processes x "
+            f"{accumulation} accumulation steps | lr {cfg.base_lr:g} x {cfg.global_batch}/{cfg.base_batch} = "
+            f"{sched.peak_lr:g} | warmup {cfg.warmup if sched.warmup_steps else 'none'} "
+            f"{sched.warmup_steps} steps | {sched.total_steps} steps ({sched.steps_per_epoch}/epoch), "
+            f"{cfg.schedule} decay | BN {cfg.bn}" + (f" n={cfg.bn_batch}" if cfg.bn == "ghost" else ""))
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Index tensors turned into (images, labels) by `fetch`, so a DataLoader can decode in workers."""
+
+    def __init__(self, fetch, index_lists):
+        self.fetch, self.index_lists = fetch, index_lists
+
+    def __len__(self):
+        return len(self.index_lists)
+
+    def __getitem__(self, k):
+        return self.fetch(self.index_lists[k])
+
+
+def _loader(cfg, fetch, index_lists):
+    return torch.utils.data.DataLoader(_Batches(fetch, index_lists), batch_size=None, num_workers=cfg.workers,
+                                       pin_memory=torch.cuda.is_available())
+
+
+@torch.no_grad()
+def evaluate(cfg, accelerator, model, data) -> tuple[float, float]:
+    """(test error, test loss) over the whole test set, each process taking every W-th example."""
+    model.eval()
+    mine = torch.arange(accelerator.process_index, data.num_test, accelerator.num_processes)
+    totals = torch.zeros(3, device=accelerator.device)  # wrong, loss sum, count
+    for x, y in _loader(cfg, data.test_batch, mine.split(4 * cfg.micro_batch)):
+        x, y = x.to(accelerator.device), y.to(accelerator.device)
+        out = model(x).float()
+        totals += torch.stack([(out.argmax(1) != y).sum().float(), F.cross_entropy(out, y, reduction="sum"),
+                               torch.tensor(float(len(y)), device=out.device)])
+    model.train()
+    wrong, loss, count = accelerator.reduce(totals, "sum").tolist()
+    return wrong / count, loss / count
+
+
+def train(cfg: Config, data, model: torch.nn.Module, dataset: str = "data") -> dict:
+    """Train `model` on `data` as `cfg` says; returns the last evaluation row."""
+    accelerator = make_accelerator(cfg)
+    try:
+        return _train(cfg, data, model, dataset, accelerator)
+    finally:
+        accelerator.end_training()  # also tears down the process group: gloo aborts at exit otherwise
+
+
+def _train(cfg, data, model, dataset, accelerator):
+    W, rank = accelerator.num_processes, accelerator.process_index
+    A = cfg.accumulation_steps(W)
+    accelerator.gradient_accumulation_steps = A
+    num_train = cfg.subset or data.num_train
+    if num_train > data.num_train:
+        raise UserError(f"--subset {cfg.subset} exceeds the {data.num_train} training examples")
+    steps_per_epoch = num_train // cfg.global_batch
+    if steps_per_epoch == 0:
+        raise UserError(f"--global-batch {cfg.global_batch} is larger than the {num_train} training examples")
+    sched = Schedule(cfg.base_lr, cfg.base_batch, cfg.global_batch, steps_per_epoch, cfg.epochs,
+                     cfg.warmup, cfg.warmup_epochs, cfg.schedule)
+    accelerator.print(run_header(cfg, W, A, sched))
+    if cfg.dry_run:
+        return {}
+    if cfg.bn == "sync" and W == 1:
+        accelerator.print("note: --bn sync with one process is plain micro-batch BN")
+    if accelerator.device.type == "cpu" and accelerator.mixed_precision != "no":
+        accelerator.print(f"warning: {accelerator.mixed_precision} on CPU is often 5-40x slower than fp32")
+
+    run_dir = Path(cfg.run_dir or f"runs/{dataset}-B{cfg.global_batch}-seed{cfg.seed}")
+    ckpt_dir = run_dir / "checkpoints"
+    found = checkpoint.completed(ckpt_dir)
+    if found and not cfg.resume:
+        raise UserError(f"{run_dir} already holds checkpoints; pass --resume to continue that run or choose "
+                        f"another --run-dir")
+    info = dict(dataclasses.asdict(cfg), world_size=W, accumulation_steps=A, peak_lr=sched.peak_lr,
+                warmup_steps=sched.warmup_steps, total_steps=sched.total_steps,
+                steps_per_epoch=steps_per_epoch, fingerprint=cfg.fingerprint())
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(info, indent=2))
+    if cfg.report_to == "wandb":
+        os.environ.setdefault("WANDB_DIR", str(run_dir))
+        accelerator.init_trackers(cfg.wandb_project, config=info, init_kwargs={"wandb": {"name": run_dir.name}})
+
+    optimizer = build_optimizer(cfg, model, lr_at(0, sched))
+    if accelerator.state.deepspeed_plugin is not None:
+        # We prepare no dataloader, so DeepSpeed learns the micro-batch from us; no clipping: not the paper's.
+        accelerator.state.deepspeed_plugin.deepspeed_config.update(
+            train_micro_batch_size_per_gpu=cfg.micro_batch, gradient_accumulation_steps=A, gradient_clipping=0.0)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    log = MetricsLog(run_dir / "metrics.jsonl", accelerator)
+    start = 0
+    if found:
+        progress = checkpoint.load(accelerator, found[-1])
+        if progress["fingerprint"] != cfg.fingerprint():
+            diff = {k: (progress["config"].get(k), v) for k, v in dataclasses.asdict(cfg).items()
+                    if progress["config"].get(k) != v and k in progress["config"]}
+            changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items())
+            raise UserError(f"checkpoint {found[-1]} was written by another configuration ({changed}); "
+                            f"resume with the same options or choose another --run-dir")
+        start = progress["step"]
+        stats = torch.tensor(progress["train_stats"], device=accelerator.device)
+        accelerator.print(f"resuming from {found[-1]} at step {start}")
+    else:
+        stats = torch.zeros(3, device=accelerator.device)  # training loss sum, wrong, seen since last eval
+        if cfg.resume:
+            accelerator.print(f"no checkpoint in {ckpt_dir}; starting from step 0")
+    log.start(progress["metrics_bytes"] if found else 0)
+
+    eval_steps = max(1, round(cfg.eval_every * steps_per_epoch))
+    ckpt_steps = cfg.checkpoint_every or steps_per_epoch
+    total = sched.total_steps
+    bar = tqdm(total=total * cfg.global_batch, initial=start * cfg.global_batch, unit="img", unit_scale=True,
+               disable=not accelerator.is_local_main_process, mininterval=2, dynamic_ncols=True)
+    last_eval, batches = {}, None
+    model.train()
+    for step in range(start, total):
+        epoch, s = divmod(step, steps_per_epoch)
+        if batches is None or s == 0:
+            order = epoch_order(num_train, cfg.global_batch, cfg.seed, epoch)
+            lists = [idx for row in order[s:] for idx in micro_batches(row, rank, W, A)]
+            batches = iter(_loader(cfg, functools.partial(data.train_batch, seed=cfg.seed, epoch=epoch), lists))
+        lr = lr_at(step, sched)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        step_stats = torch.zeros(3, device=accelerator.device)
+        for _ in range(A):
+            x, y = next(batches)
+            x, y = x.to(accelerator.device, non_blocking=True), y.to(accelerator.device, non_blocking=True)
+            with accelerator.accumulate(model):
+                out = model(x)
+                loss = F.cross_entropy(out, y)
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            step_stats += torch.stack([loss.detach().float() * len(y), (out.argmax(1) != y).sum().float(),
+                                       torch.tensor(float(len(y)), device=x.device)])
+        step_stats = accelerator.reduce(step_stats, "sum")
+        stats += step_stats
+        step_loss = (step_stats[0] / step_stats[2]).item()
+        log.log(dict(step=step, epoch=(step + 1) / steps_per_epoch, lr=lr, loss=step_loss,
+                     examples=(step + 1) * cfg.global_batch), step=step)
+        bar.update(cfg.global_batch)
+        bar.set_postfix(epoch=f"{(step + 1) / steps_per_epoch:.2f}", lr=f"{lr:.3g}", loss=f"{step_loss:.3f}")
+        done = step + 1
+        if done % eval_steps == 0 or done == total:
+            test_error, test_loss = evaluate(cfg, accelerator, model, data)
+            last_eval = dict(epoch=done / steps_per_epoch, train_error=(stats[1] / stats[2]).item(),
+                             test_error=test_error, test_loss=test_loss)
+            stats.zero_()
+            log.log(last_eval, step=step)
+            if accelerator.is_local_main_process:
+                bar.write(f"epoch {last_eval['epoch']:.2f}: train error {last_eval['train_error']:.4f}, "
+                          f"test error {test_error:.4f}, test loss {test_loss:.4f}")
+        if done % ckpt_steps == 0 or done == total:
+            checkpoint.save(accelerator, ckpt_dir, done, dict(step=done, fingerprint=cfg.fingerprint(),
+                            config=dataclasses.asdict(cfg), metrics_bytes=log.synced_size(),
+                            train_stats=stats.tolist()),
+                            cfg.keep_checkpoints)
+    bar.close()
+    return last_eval

@@ -1,0 +1,10 @@
+"""Fashion-MNIST with a small timm ResNet: the recipe's quick proof on a laptop CPU.
+
+    accelerate launch --config_file accelerate_configs/cpu_2proc.yaml recipes/fashion_mnist.py \
+        --global-batch 4096 --micro-batch 256
+"""
+from largebatch.datasets import load_fashion_mnist
+from largebatch.recipe import run_recipe
+
+if __name__ == "__main__":
+    run_recipe("fashion-mnist", load_fashion_mnist, model="resnet_fmnist", micro_batch=256, epochs=16)

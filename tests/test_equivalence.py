@@ -1,0 +1,49 @@
+"""The trajectory depends on B, n and the seed only, not on how B is split (devices x accumulation)."""
+from conftest import ROOT, final_params, launch, step_losses
+
+RECIPE = ROOT / "recipes/fashion_mnist.py"
+NOBN = ROOT / "tests/nobn_train.py"
+
+
+def _args(run_dir, B, b, *extra):
+    return ["--global-batch", B, "--micro-batch", b, "--subset", 2048, "--epochs", 1, "--run-dir", run_dir,
+            "--eval-every", 10, *extra]
+
+
+def test_split_invariance_with_real_model_and_augmentation(tmp_path, fmnist_dir):
+    # B = 256 with BN over groups of 64: 2 processes x 2 accumulation x 64, 1 x 4 x 64, 1 x 1 x 256.
+    runs = {"2x2x64": (2, 64), "1x4x64": (1, 64), "1x1x256": (1, 256)}
+    for name, (nproc, b) in runs.items():
+        launch(RECIPE, _args(tmp_path / name, 256, b, "--bn-batch", 64), nproc=nproc)
+    losses = {name: step_losses(tmp_path / name) for name in runs}
+    assert len(losses["1x4x64"]) == 8
+    for name in runs:
+        assert max(abs(a - b) for a, b in zip(losses[name], losses["1x4x64"])) < 1e-4, (name, losses)
+    assert losses["1x4x64"][-1] < losses["1x4x64"][0]  # it trained
+
+
+def _max_param_diff(a, b):
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def test_bn_free_model_same_parameters_whatever_the_split(tmp_path, fmnist_dir):
+    b = 32
+    launch(NOBN, _args(tmp_path / "dist", 4 * b, b), nproc=2)  # 2 processes x 2 accumulation
+    launch(NOBN, _args(tmp_path / "accum", 4 * b, b))  # 1 process x 4 accumulation
+    launch(NOBN, _args(tmp_path / "big", 4 * b, 4 * b))  # 1 process, one micro-batch of 4b
+    ref = final_params(tmp_path / "accum")
+    assert _max_param_diff(final_params(tmp_path / "dist"), ref) < 1e-5
+    assert _max_param_diff(final_params(tmp_path / "big"), ref) < 1e-5
+    losses = step_losses(tmp_path / "accum")
+    assert len(losses) == 16 and losses[-1] < losses[0]  # it trained
+
+
+def test_ghost_bn_accumulation_equals_big_micro_batch(tmp_path, fmnist_dir):
+    b = 32
+    launch(RECIPE, _args(tmp_path / "accum", 4 * b, b, "--bn-batch", b))
+    launch(RECIPE, _args(tmp_path / "big", 4 * b, 4 * b, "--bn-batch", b))
+    assert _max_param_diff(final_params(tmp_path / "accum"), final_params(tmp_path / "big")) < 1e-5
+    # ...whereas plain micro-batch BN over 4b is a different function.
+    launch(RECIPE, _args(tmp_path / "micro", 4 * b, 4 * b, "--bn", "micro"))
+    assert _max_param_diff(final_params(tmp_path / "micro"), final_params(tmp_path / "accum")) > 1e-3

@@ -1,0 +1,54 @@
+import torch
+from torch import nn
+
+from largebatch.config import Config
+from largebatch.models import build_model
+from largebatch.optim import PaperSGD, build_optimizer, weight_decay
+
+
+def test_weight_decay_only_on_conv_and_linear_weights():
+    model = build_model(Config(), num_classes=10, in_chans=1)
+    opt = build_optimizer(Config(), model, lr=0.1)
+    decay = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for module_name, module in model.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            want = isinstance(module, (nn.Conv2d, nn.Linear)) and pname == "weight"
+            assert (id(p) in decay) == want, f"{module_name}.{pname}"
+    assert len(decay) > 0 and len(decay) < len(names)
+    assert {g["weight_decay"] for g in opt.param_groups} == {0.0, 1e-4}
+
+
+def test_weight_decay_fixed_unless_inverse_ablation():
+    assert weight_decay(Config(global_batch=8192)) == 1e-4
+    assert weight_decay(Config(global_batch=8192, wd_scaling="inverse")) == 1e-4 / 32
+
+
+def _trajectory(make_opt, lrs):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 1))
+    opt = make_opt(model.parameters())
+    x, y = torch.randn(64, 5), torch.randn(64, 1)
+    for lr in lrs:
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_paper_momentum_form_with_correction_matches_torch_sgd():
+    lrs = [0.01 + 0.02 * t for t in range(10)] + [0.2] * 5 + [0.02] * 5  # warmup, plateau, decay
+    torch_sgd = _trajectory(lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-3), lrs)
+    corrected = _trajectory(lambda p: PaperSGD(p, lr=0.1, momentum=0.9, weight_decay=1e-3), lrs)
+    uncorrected = _trajectory(lambda p: PaperSGD(p, lr=0.1, momentum=0.9, weight_decay=1e-3, correction=False), lrs)
+    assert torch.allclose(corrected, torch_sgd, atol=1e-6)
+    assert (uncorrected - torch_sgd).abs().max() > 1e-3
+
+
+def test_paper_form_equals_torch_at_constant_rate_even_without_correction():
+    lrs = [0.05] * 10
+    torch_sgd = _trajectory(lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), lrs)
+    uncorrected = _trajectory(lambda p: PaperSGD(p, lr=0.05, momentum=0.9, correction=False), lrs)
+    assert torch.allclose(uncorrected, torch_sgd, atol=1e-6)

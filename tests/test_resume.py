@@ -1,0 +1,56 @@
+"""A run killed mid-way and resumed ends exactly where an uninterrupted run ends."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from conftest import ROOT, final_params, launch
+
+RECIPE = ROOT / "recipes/fashion_mnist.py"
+
+
+def _args(run_dir):
+    return ["--global-batch", 512, "--micro-batch", 128, "--subset", 4096, "--epochs", 3, "--warmup-epochs", 1,
+            "--checkpoint-every", 2, "--keep-checkpoints", 3, "--run-dir", run_dir]
+
+
+def test_kill_and_resume_gives_identical_parameters_and_metrics(tmp_path, fmnist_dir):
+    launch(RECIPE, _args(tmp_path / "straight"))
+
+    killed = tmp_path / "killed"
+    env = dict(os.environ, TQDM_DISABLE="1")
+    proc = subprocess.Popen([sys.executable, str(RECIPE)] + [str(a) for a in _args(killed)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list((killed / "checkpoints").glob("step_00000004")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(p.name for p in (killed / "checkpoints").glob("step_*"))
+    assert done and done[-1] < "step_00000024", f"the run finished before it could be killed: {done}"
+
+    out = launch(RECIPE, _args(killed) + ["--resume"])
+    assert "resuming from" in out.stdout
+    a, b = final_params(tmp_path / "straight"), final_params(killed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (killed / "metrics.jsonl").read_text() == (tmp_path / "straight" / "metrics.jsonl").read_text()
+    assert len(list((killed / "checkpoints").glob("step_*"))) == 3  # keep-checkpoints
+
+
+def test_resume_refuses_checkpoint_of_another_config(tmp_path, fmnist_dir):
+    run = tmp_path / "run"
+    launch(RECIPE, ["--global-batch", 256, "--subset", 512, "--epochs", 1, "--run-dir", run])
+    out = launch(RECIPE, ["--global-batch", 512, "--subset", 512, "--epochs", 1, "--warmup", "none",
+                          "--run-dir", run, "--resume"], check=False)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    line = out.stderr.strip().splitlines()[-1]
+    assert "another configuration" in line and "global_batch 256 -> 512" in line
+    # Without --resume an existing run is not overwritten either.
+    out = launch(RECIPE, ["--global-batch", 256, "--subset", 512, "--epochs", 1, "--run-dir", run], check=False)
+    assert out.returncode == 2 and "--resume" in out.stderr
+    assert json.loads((run / "config.json").read_text())["global_batch"] == 256

@@ -1,0 +1,70 @@
+import math
+
+import pytest
+
+from largebatch.schedule import Schedule, lr_at
+from conftest import ROOT, launch
+
+
+def sched(warmup="gradual", decay="step", B=8192):
+    # 10 steps per epoch, 90 epochs: warmup 50 steps, decay at steps 300, 600, 800.
+    return Schedule(0.1, 256, B, steps_per_epoch=10, epochs=90, warmup=warmup, warmup_epochs=5, decay=decay)
+
+
+def test_linear_scaling_rule():
+    assert sched().peak_lr == pytest.approx(3.2, abs=1e-12)
+    assert sched(B=256).peak_lr == pytest.approx(0.1, abs=1e-12)
+    assert sched(B=1024).peak_lr == pytest.approx(0.4, abs=1e-12)
+
+
+def test_gradual_warmup_is_per_step_from_base_lr():
+    s = sched()
+    assert s.warmup_steps == 50
+    assert lr_at(0, s) == pytest.approx(0.1)
+    assert lr_at(25, s) == pytest.approx(0.1 + (3.2 - 0.1) / 2)
+    assert lr_at(1, s) - lr_at(0, s) == pytest.approx((3.2 - 0.1) / 50)  # constant increment
+    assert lr_at(49, s) == pytest.approx(0.1 + 3.1 * 49 / 50)
+    assert lr_at(50, s) == pytest.approx(3.2)
+
+
+def test_constant_and_no_warmup():
+    c, n = sched("constant"), sched("none")
+    assert [lr_at(t, c) for t in (0, 25, 49)] == pytest.approx([0.1, 0.1, 0.1])
+    assert lr_at(50, c) == pytest.approx(3.2)
+    assert n.warmup_steps == 0
+    assert [lr_at(t, n) for t in (0, 25, 50)] == pytest.approx([3.2, 3.2, 3.2])
+
+
+@pytest.mark.parametrize("warmup", ["gradual", "constant", "none"])
+def test_step_decay_at_epochs_30_60_80(warmup):
+    s = sched(warmup)
+    assert s.milestones == (300, 600, 800)
+    assert lr_at(299, s) == pytest.approx(3.2)
+    assert lr_at(300, s) == pytest.approx(0.32)
+    assert lr_at(599, s) == pytest.approx(0.32)
+    assert lr_at(600, s) == pytest.approx(0.032)
+    assert lr_at(800, s) == pytest.approx(0.0032)
+    assert lr_at(899, s) == pytest.approx(0.0032)
+
+
+def test_no_warmup_at_or_below_base_batch():
+    assert sched(B=256).warmup_steps == 0
+    assert lr_at(0, sched(B=256)) == pytest.approx(0.1)
+
+
+def test_cosine_after_warmup():
+    s = sched(decay="cosine")
+    assert lr_at(50, s) == pytest.approx(3.2)
+    mid = 50 + (900 - 50) // 2
+    assert lr_at(mid, s) == pytest.approx(3.2 * 0.5 * (1 + math.cos(math.pi * (mid - 50) / 850)))
+    assert lr_at(mid, s) == pytest.approx(1.6, rel=1e-2)
+    assert lr_at(900, s) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_header_prints_scaled_rate_for_8192(fmnist_dir):
+    out = launch(ROOT / "recipes/fashion_mnist.py", ["--global-batch", 8192, "--micro-batch", 256, "--dry-run"])
+    header = out.stdout.strip().splitlines()[-1]
+    assert "global batch 8192 = micro-batch 256 x 1 processes x 32 accumulation steps" in header
+    assert "= 3.2 |" in header
+    # 60000 // 8192 = 7 steps per epoch; 5 warmup epochs = 35 steps.
+    assert "warmup gradual 35 steps" in header
