@@ -49,6 +49,6 @@ def completed(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("step_*") if (p / PROGRESS).is_file())
 
 
-def load(accelerator: Accelerator, path: Path) -> dict:
-    accelerator.load_state(str(path))
+def progress(path: Path) -> dict:
+    """What `save` recorded beside the states: step, config and its fingerprint, metrics position."""
     return json.loads((path / PROGRESS).read_text())

@@ -89,12 +89,16 @@ class Config:
                             f"that is a multiple of {per_step}")
         return self.global_batch // per_step
 
+    def trajectory(self) -> dict:
+        """The fields that shape the training trajectory (not where or how it is logged)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in OPERATIONAL}
+
     def fingerprint(self) -> str:
-        """Hash of the fields that shape the training trajectory (not where or how it is logged)."""
-        operational = {"run_dir", "resume", "checkpoint_every", "keep_checkpoints", "report_to",
-                       "wandb_project", "dry_run", "workers", "eval_every", "data_dir"}
-        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in operational}
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(self.trajectory(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+OPERATIONAL = frozenset({"run_dir", "resume", "checkpoint_every", "keep_checkpoints", "report_to",
+                         "wandb_project", "dry_run", "workers", "eval_every", "data_dir"})
 
 
 def _flag(name: str) -> str:

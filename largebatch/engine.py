@@ -126,6 +126,13 @@ def _train(cfg, data, model, dataset, accelerator):
     if found and not cfg.resume:
         raise UserError(f"{run_dir} already holds checkpoints; pass --resume to continue that run or choose "
                         f"another --run-dir")
+    progress = checkpoint.progress(found[-1]) if found else {}
+    if progress and progress["fingerprint"] != cfg.fingerprint():
+        now = cfg.trajectory()
+        changed = ", ".join(f"{k} {v!r} -> {now[k]!r}" for k, v in progress["config"].items()
+                            if k in now and v != now[k])
+        raise UserError(f"checkpoint {found[-1]} was written by another configuration ({changed}); "
+                        f"resume with the same options or choose another --run-dir")
     info = dict(dataclasses.asdict(cfg), world_size=W, accumulation_steps=A, peak_lr=sched.peak_lr,
                 warmup_steps=sched.warmup_steps, total_steps=sched.total_steps,
                 steps_per_epoch=steps_per_epoch, fingerprint=cfg.fingerprint())
@@ -146,13 +153,7 @@ def _train(cfg, data, model, dataset, accelerator):
     log = MetricsLog(run_dir / "metrics.jsonl", accelerator)
     start = 0
     if found:
-        progress = checkpoint.load(accelerator, found[-1])
-        if progress["fingerprint"] != cfg.fingerprint():
-            diff = {k: (progress["config"].get(k), v) for k, v in dataclasses.asdict(cfg).items()
-                    if progress["config"].get(k) != v and k in progress["config"]}
-            changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items())
-            raise UserError(f"checkpoint {found[-1]} was written by another configuration ({changed}); "
-                            f"resume with the same options or choose another --run-dir")
+        accelerator.load_state(str(found[-1]))
         start = progress["step"]
         stats = torch.tensor(progress["train_stats"], device=accelerator.device)
         accelerator.print(f"resuming from {found[-1]} at step {start}")
@@ -209,7 +210,7 @@ def _train(cfg, data, model, dataset, accelerator):
                           f"test error {test_error:.4f}, test loss {test_loss:.4f}")
         if done % ckpt_steps == 0 or done == total:
             checkpoint.save(accelerator, ckpt_dir, done, dict(step=done, fingerprint=cfg.fingerprint(),
-                            config=dataclasses.asdict(cfg), metrics_bytes=log.synced_size(),
+                            config=cfg.trajectory(), metrics_bytes=log.synced_size(),
                             train_stats=stats.tolist()),
                             cfg.keep_checkpoints)
     bar.close()
