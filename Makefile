@@ -6,8 +6,6 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEMO_EPOCHS ?= 12
-DEMO_WARMUP ?= 2
 
 .PHONY: setup demo test clean
 
@@ -25,10 +23,9 @@ $(FMNIST):
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
 demo: setup
-	$(BIN)/python recipes/fashion_mnist.py --global-batch 256 --micro-batch 256 --epochs $(DEMO_EPOCHS) \
-		--run-dir runs/demo-B256 --resume
-	$(BIN)/python recipes/fashion_mnist.py --global-batch 4096 --micro-batch 256 --epochs $(DEMO_EPOCHS) \
-		--warmup gradual --warmup-epochs $(DEMO_WARMUP) --run-dir runs/demo-B4096 --resume
+	$(BIN)/python recipes/fashion_mnist.py --global-batch 256 --micro-batch 256 --run-dir runs/demo-B256 --resume
+	$(BIN)/python recipes/fashion_mnist.py --global-batch 4096 --micro-batch 256 --warmup gradual \
+		--run-dir runs/demo-B4096 --resume
 	$(BIN)/largebatch compare runs/demo-B256 runs/demo-B4096 --plot runs/demo.png
 
 test: setup

@@ -114,15 +114,16 @@ def _bool(text: str) -> bool:
 
 
 def build_parser(defaults: Config) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train with the large-minibatch recipe of Goyal et al. 2017.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description="Train with the large-minibatch recipe of Goyal et al. 2017.")
     p.add_argument("--config", help="YAML file of options (keys as the flags, with - or _)")
     for f in dataclasses.fields(Config):
         default = getattr(defaults, f.name)
         kind = _bool if isinstance(default, bool) else type(default)
         kwargs = dict(type=kind, default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {default})")
         if isinstance(default, bool):
-            kwargs.update(nargs="?", const=True)
+            kwargs.update(nargs="?", const=True, metavar="BOOL")
+        elif f.metadata["choices"]:
+            kwargs.update(metavar="{" + ",".join(f.metadata["choices"]) + "}")
         p.add_argument(f"--{_flag(f.name)}", **kwargs)
     return p
 

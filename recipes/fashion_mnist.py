@@ -7,4 +7,5 @@ from largebatch.datasets import load_fashion_mnist
 from largebatch.recipe import run_recipe
 
 if __name__ == "__main__":
-    run_recipe("fashion-mnist", load_fashion_mnist, model="resnet_fmnist", micro_batch=256, epochs=16)
+    run_recipe("fashion-mnist", load_fashion_mnist, model="resnet_fmnist", micro_batch=256, epochs=12,
+               warmup_epochs=2)
