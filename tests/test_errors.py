@@ -54,7 +54,7 @@ def test_unknown_model():
 @pytest.mark.parametrize("args,words", [
     (["--global-batch", 0], ["--global-batch 0"]),
     (["--schedule", "linear"], ["--schedule", "linear"]),
-    (["--global-batch", 4096, "--epochs", 3], ["--warmup-epochs 5", "--epochs 3"]),
+    (["--global-batch", 4096, "--warmup-epochs", 5, "--epochs", 3], ["--warmup-epochs 5", "--epochs 3"]),
 ])
 def test_bad_flag_values(args, words):
     _fails(args, *words)

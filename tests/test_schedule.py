@@ -62,7 +62,8 @@ def test_cosine_after_warmup():
 
 
 def test_header_prints_scaled_rate_for_8192(fmnist_dir):
-    out = launch(ROOT / "recipes/fashion_mnist.py", ["--global-batch", 8192, "--micro-batch", 256, "--dry-run"])
+    out = launch(ROOT / "recipes/fashion_mnist.py", ["--global-batch", 8192, "--micro-batch", 256, "--warmup-epochs", 5,
+                                                  "--dry-run"])
     header = out.stdout.strip().splitlines()[-1]
     assert "global batch 8192 = micro-batch 256 x 1 processes x 32 accumulation steps" in header
     assert "= 3.2 |" in header
