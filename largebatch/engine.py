@@ -140,7 +140,8 @@ def _train(cfg, data, model, dataset, accelerator):
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(info, indent=2))
     if cfg.report_to == "wandb":
-        os.environ.setdefault("WANDB_DIR", str(run_dir))
+        for var, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", "wandb/cache"), ("WANDB_DATA_DIR", "wandb/data")):
+            os.environ.setdefault(var, str((run_dir / sub).resolve()))
         accelerator.init_trackers(cfg.wandb_project, config=info, init_kwargs={"wandb": {"name": run_dir.name}})
 
     optimizer = build_optimizer(cfg, model, lr_at(0, sched))

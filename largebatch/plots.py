@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from .metrics import read_metrics  # noqa: E402
 
@@ -24,7 +25,10 @@ def training_curves(run_dirs: list[Path], labels: list[str], out: Path) -> Path:
                     label=f"{label} test")
     ax_loss.set(xlabel="epoch", ylabel="training loss (mean over the global batch)", yscale="log")
     ax_err.set(xlabel="epoch", ylabel="error %", yscale="log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
     for ax in (ax_loss, ax_err):
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.tight_layout()
