@@ -1,13 +1,23 @@
-"""Checkpoints through Accelerate's `save_state`, made atomic: written to a temporary folder, synced
-to disk, then renamed, so a run killed at any moment leaves the previous checkpoint whole."""
+"""Checkpoints through Accelerate's `save_state`, made atomic and verifiable.
+
+Each checkpoint is written to a temporary folder, synced to disk and renamed, so a run killed at any
+moment leaves the previous checkpoint whole. `progress.json`, written last, records the step, the
+configuration and a SHA-256 of every file; a checkpoint whose files no longer match is skipped, with a
+warning, for the one before it.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from accelerate import Accelerator
+
+from .config import Config
+from .errors import UserError
 
 PROGRESS = "progress.json"
 
@@ -21,23 +31,47 @@ def _fsync_tree(folder: Path) -> None:
             os.close(fd)
 
 
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _manifest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): _digest(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != PROGRESS}
+
+
 def save(accelerator: Accelerator, folder: Path, step: int, progress: dict, keep: int) -> Path:
-    """Save model, optimizer and RNG states plus `progress` as checkpoint `step`; keep the newest `keep`."""
+    """Save model, optimizer and RNG states plus `progress` as checkpoint `step`; keep the newest `keep`.
+
+    A failed write (a full disk) removes the partial folder and raises a UserError naming the
+    previous checkpoint, which is left intact.
+    """
     final, tmp = folder / f"step_{step:08d}", folder / f".tmp_step_{step:08d}"
-    if accelerator.is_main_process:
+    try:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            folder.mkdir(parents=True, exist_ok=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))  # every rank writes its own RNG state
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (tmp / PROGRESS).write_text(json.dumps(dict(progress, files=_manifest(tmp))))
+            _fsync_tree(tmp)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            _fsync_tree(folder)
+            for old in completed(folder)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        folder.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # every rank writes its own RNG state
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / PROGRESS).write_text(json.dumps(progress))
-        _fsync_tree(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        _fsync_tree(folder)
-        for old in completed(folder)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        previous = completed(folder)
+        kept = f"the previous checkpoint {previous[-1]} is intact; " if previous else ""
+        raise UserError(f"could not write checkpoint {final}: {e.strerror or e}; {kept}free space, then rerun "
+                        f"with --resume") from None
     accelerator.wait_for_everyone()
     return final
 
@@ -49,6 +83,44 @@ def completed(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("step_*") if (p / PROGRESS).is_file())
 
 
-def progress(path: Path) -> dict:
-    """What `save` recorded beside the states: step, config and its fingerprint, metrics position."""
-    return json.loads((path / PROGRESS).read_text())
+def problem(path: Path) -> str | None:
+    """Why checkpoint `path` cannot be used, or None when every file matches its recorded digest."""
+    try:
+        recorded = json.loads((path / PROGRESS).read_text())
+        files = recorded["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"unreadable {PROGRESS}: {type(e).__name__}"
+    for name, digest in files.items():
+        if not (path / name).is_file():
+            return f"{name} is missing"
+        if _digest(path / name) != digest:
+            return f"{name} does not match its recorded checksum"
+    return None
+
+
+def latest_usable(folder: Path) -> tuple[Path, dict] | None:
+    """The newest checkpoint that verifies, warning about each newer one that does not."""
+    for path in reversed(completed(folder)):
+        why = problem(path)
+        if why is None:
+            return path, json.loads((path / PROGRESS).read_text())
+        print(f"warning: skipping checkpoint {path}: {why}; trying the one before it", file=sys.stderr)
+    return None
+
+
+def check_compatible(path: Path, progress: dict, cfg: Config, dataset: dict) -> list[str]:
+    """Refuse a checkpoint of another configuration or data set unless --allow-change names the difference.
+
+    Returns the allowed differences, for the caller to report.
+    """
+    now = cfg.trajectory()
+    changed = {k: (v, now[k]) for k, v in progress["config"].items() if k in now and v != now[k]}
+    if progress.get("dataset") != dataset:
+        changed["dataset"] = (progress.get("dataset"), dataset)
+    refused = {k: v for k, v in changed.items() if k not in cfg.allowed_changes()}
+    if refused:
+        what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in refused.items())
+        raise UserError(f"checkpoint {path} was written by another configuration ({what}); resume with the same "
+                        f"options, choose another --run-dir, or pass --allow-change "
+                        f"{','.join(refused)} to continue with the change")
+    return [f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()]

@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,8 +59,14 @@ class Config:
     report_to: str = _opt("none", "also log to W&B (offline without WANDB_API_KEY)", ["none", "wandb"])
     wandb_project: str = _opt("largebatch", "W&B project name")
     dry_run: bool = _opt(False, "print the run header (batch split, scaled rate, warmup) and exit")
+    allow_change: str = _opt("", "with --resume: comma-separated options (or 'dataset') the checkpoint may "
+                             "differ in, e.g. global_batch,epochs")
 
     def validate(self) -> "Config":
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"--{_flag(f.name)} {value} must be a finite number")
         for name in ("global_batch", "micro_batch", "base_batch", "bn_batch", "keep_checkpoints"):
             if getattr(self, name) <= 0:
                 raise UserError(f"--{_flag(name)} {getattr(self, name)} must be positive")
@@ -69,6 +76,12 @@ class Config:
         for name in ("warmup_epochs", "weight_decay", "momentum", "subset", "workers", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{_flag(name)} {getattr(self, name)} must not be negative")
+        if self.momentum >= 1:
+            raise UserError(f"--momentum {self.momentum} must be below 1")
+        unknown = set(self.allowed_changes()) - {f.name for f in dataclasses.fields(self)} - {"dataset"}
+        if unknown:
+            raise UserError(f"--allow-change names unknown options {', '.join(sorted(unknown))}; use option "
+                            f"names such as global_batch,epochs (or dataset)")
         if self.warmup != "none" and self.global_batch > self.base_batch and self.warmup_epochs >= self.epochs:
             raise UserError(f"--warmup-epochs {self.warmup_epochs} must be shorter than --epochs {self.epochs}")
         for f in dataclasses.fields(self):
@@ -89,6 +102,9 @@ class Config:
                             f"that is a multiple of {per_step}")
         return self.global_batch // per_step
 
+    def allowed_changes(self) -> list[str]:
+        return [name.strip().replace("-", "_") for name in self.allow_change.split(",") if name.strip()]
+
     def trajectory(self) -> dict:
         """The fields that shape the training trajectory (not where or how it is logged)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in OPERATIONAL}
@@ -98,7 +114,12 @@ class Config:
 
 
 OPERATIONAL = frozenset({"run_dir", "resume", "checkpoint_every", "keep_checkpoints", "report_to",
-                         "wandb_project", "dry_run", "workers", "eval_every", "data_dir"})
+                         "wandb_project", "dry_run", "workers", "eval_every", "data_dir", "allow_change"})
+
+
+def _kind(f: dataclasses.Field) -> type:
+    """The field's declared type (annotations are strings here), not the type of whatever default it has."""
+    return {"int": int, "float": float, "str": str, "bool": bool}[f.type]
 
 
 def _flag(name: str) -> str:
@@ -113,14 +134,21 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (true/false)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UserError (one line, exit 2 in the recipe) instead of printing usage and exiting."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see --help)".replace("\n", "\\n").replace("\r", "\\r"))
+
+
 def build_parser(defaults: Config) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train with the large-minibatch recipe of Goyal et al. 2017.")
+    p = _Parser(description="Train with the large-minibatch recipe of Goyal et al. 2017.")
     p.add_argument("--config", help="YAML file of options (keys as the flags, with - or _)")
     for f in dataclasses.fields(Config):
         default = getattr(defaults, f.name)
-        kind = _bool if isinstance(default, bool) else type(default)
+        kind = _bool if _kind(f) is bool else _kind(f)
         kwargs = dict(type=kind, default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {default})")
-        if isinstance(default, bool):
+        if _kind(f) is bool:
             kwargs.update(nargs="?", const=True, metavar="BOOL")
         elif f.metadata["choices"]:
             kwargs.update(metavar="{" + ",".join(f.metadata["choices"]) + "}")
@@ -146,7 +174,7 @@ def load_yaml(path: str) -> dict:
         name = str(key).replace("-", "_")
         if name not in names:
             raise UserError(f"--config {path}: unknown option {key!r}; see --help for the options")
-        out[name] = _coerce(name, value, type(getattr(Config(), name)), path)
+        out[name] = _coerce(name, value, _kind(names[name]), path)
     return out
 
 
@@ -164,7 +192,7 @@ def parse_config(argv: list[str], **recipe_defaults) -> Config:
     """Config from recipe defaults, an optional --config YAML and the command line; validated."""
     defaults = dataclasses.replace(Config(), **recipe_defaults)
     parser = build_parser(defaults)
-    args = vars(parser.parse_args(argv))  # argparse itself answers bad flags with one line and exit 2
+    args = vars(parser.parse_args(argv))
     config_file = args.pop("config", None)
     values = load_yaml(config_file) if config_file else {}
     values.update(args)

@@ -4,7 +4,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -91,6 +93,48 @@ def evaluate(cfg, accelerator, model, data) -> tuple[float, float]:
     return wrong / count, loss / count
 
 
+class Diverged(UserError):
+    """A non-finite loss or gradient: the run stops before the bad update reaches a checkpoint."""
+
+
+def _divergence(what: str, step: int, lr: float, cfg: Config, sched: Schedule, ckpt_dir: Path) -> str:
+    if cfg.warmup == "none" and cfg.global_batch > cfg.base_batch:
+        cause = "no warmup at a large batch: use --warmup gradual"
+    elif step < sched.warmup_steps:
+        cause = "the rate rises too fast or too high: lengthen --warmup-epochs or lower --base-lr"
+    else:
+        cause = f"the rate is too high for global batch {cfg.global_batch}: lower --base-lr or the batch"
+    kept = checkpoint.completed(ckpt_dir)
+    last = f"; the last good checkpoint {kept[-1]} is intact (--resume continues from it)" if kept else ""
+    return f"training diverged: {what} is not finite at step {step}, learning rate {lr:.4g}; likely cause: {cause}{last}"
+
+
+def _check_finite(model, step, lr, cfg, sched, ckpt_dir) -> None:
+    """Stop before an optimizer step with non-finite gradients (identical on every rank after all-reduce)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+        raise Diverged(_divergence("the gradient", step, lr, cfg, sched, ckpt_dir))
+
+
+def _resume_point(cfg: Config, ckpt_dir: Path, data_id: dict) -> tuple[Path | None, dict]:
+    """The checkpoint to continue from (None: start afresh) and its progress record."""
+    found = checkpoint.completed(ckpt_dir)
+    if found and not cfg.resume:
+        raise UserError(f"{ckpt_dir.parent} already holds checkpoints; pass --resume to continue that run or "
+                        f"choose another --run-dir")
+    if not found:
+        return None, {}
+    usable = checkpoint.latest_usable(ckpt_dir)
+    if usable is None:
+        raise UserError(f"no checkpoint in {ckpt_dir} passes verification; move the folder away to start again")
+    path, progress = usable
+    changes = checkpoint.check_compatible(path, progress, cfg, data_id)
+    if changes:
+        print(f"warning: resuming {path} with changes allowed by --allow-change: {', '.join(changes)}",
+              file=sys.stderr)
+    return path, progress
+
+
 def train(cfg: Config, data, model: torch.nn.Module, dataset: str = "data") -> dict:
     """Train `model` on `data` as `cfg` says; returns the last evaluation row."""
     accelerator = make_accelerator(cfg)
@@ -122,17 +166,8 @@ def _train(cfg, data, model, dataset, accelerator):
 
     run_dir = Path(cfg.run_dir or f"runs/{dataset}-B{cfg.global_batch}-seed{cfg.seed}")
     ckpt_dir = run_dir / "checkpoints"
-    found = checkpoint.completed(ckpt_dir)
-    if found and not cfg.resume:
-        raise UserError(f"{run_dir} already holds checkpoints; pass --resume to continue that run or choose "
-                        f"another --run-dir")
-    progress = checkpoint.progress(found[-1]) if found else {}
-    if progress and progress["fingerprint"] != cfg.fingerprint():
-        now = cfg.trajectory()
-        changed = ", ".join(f"{k} {v!r} -> {now[k]!r}" for k, v in progress["config"].items()
-                            if k in now and v != now[k])
-        raise UserError(f"checkpoint {found[-1]} was written by another configuration ({changed}); "
-                        f"resume with the same options or choose another --run-dir")
+    data_id = dict(name=dataset, num_train=num_train, num_classes=data.num_classes)
+    resume_from, progress = _resume_point(cfg, ckpt_dir, data_id)
     info = dict(dataclasses.asdict(cfg), world_size=W, accumulation_steps=A, peak_lr=sched.peak_lr,
                 warmup_steps=sched.warmup_steps, total_steps=sched.total_steps,
                 steps_per_epoch=steps_per_epoch, fingerprint=cfg.fingerprint())
@@ -152,17 +187,21 @@ def _train(cfg, data, model, dataset, accelerator):
     model, optimizer = accelerator.prepare(model, optimizer)
 
     log = MetricsLog(run_dir / "metrics.jsonl", accelerator)
+    stats = torch.zeros(3, device=accelerator.device)  # training loss sum, wrong, seen since last eval
     start = 0
-    if found:
-        accelerator.load_state(str(found[-1]))
-        start = progress["step"]
+    if resume_from:
+        try:
+            accelerator.load_state(str(resume_from))
+        except Exception as e:  # whatever the mismatch, the user needs the checkpoint and the option named
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            raise UserError(f"checkpoint {resume_from} does not fit this --model/optimizer "
+                            f"({type(e).__name__}: {first})") from None
+        start = min(progress["examples"] // cfg.global_batch, sched.total_steps)
         stats = torch.tensor(progress["train_stats"], device=accelerator.device)
-        accelerator.print(f"resuming from {found[-1]} at step {start}")
-    else:
-        stats = torch.zeros(3, device=accelerator.device)  # training loss sum, wrong, seen since last eval
-        if cfg.resume:
-            accelerator.print(f"no checkpoint in {ckpt_dir}; starting from step 0")
-    log.start(progress["metrics_bytes"] if found else 0)
+        accelerator.print(f"resuming from {resume_from} at step {start}")
+    elif cfg.resume:
+        accelerator.print(f"no checkpoint in {ckpt_dir}; starting from step 0")
+    log.start(progress["metrics_bytes"] if resume_from else 0)
 
     eval_steps = max(1, round(cfg.eval_every * steps_per_epoch))
     ckpt_steps = cfg.checkpoint_every or steps_per_epoch
@@ -171,48 +210,54 @@ def _train(cfg, data, model, dataset, accelerator):
                disable=not accelerator.is_local_main_process, mininterval=2, dynamic_ncols=True)
     last_eval, batches = {}, None
     model.train()
-    for step in range(start, total):
-        epoch, s = divmod(step, steps_per_epoch)
-        if batches is None or s == 0:
-            order = epoch_order(num_train, cfg.global_batch, cfg.seed, epoch)
-            lists = [idx for row in order[s:] for idx in micro_batches(row, rank, W, A)]
-            batches = iter(_loader(cfg, functools.partial(data.train_batch, seed=cfg.seed, epoch=epoch), lists))
-        lr = lr_at(step, sched)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        step_stats = torch.zeros(3, device=accelerator.device)
-        for _ in range(A):
-            x, y = next(batches)
-            x, y = x.to(accelerator.device, non_blocking=True), y.to(accelerator.device, non_blocking=True)
-            with accelerator.accumulate(model):
-                out = model(x)
-                loss = F.cross_entropy(out, y)
-                accelerator.backward(loss)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            step_stats += torch.stack([loss.detach().float() * len(y), (out.argmax(1) != y).sum().float(),
-                                       torch.tensor(float(len(y)), device=x.device)])
-        step_stats = accelerator.reduce(step_stats, "sum")
-        stats += step_stats
-        step_loss = (step_stats[0] / step_stats[2]).item()
-        log.log(dict(step=step, epoch=(step + 1) / steps_per_epoch, lr=lr, loss=step_loss,
-                     examples=(step + 1) * cfg.global_batch), step=step)
-        bar.update(cfg.global_batch)
-        bar.set_postfix(epoch=f"{(step + 1) / steps_per_epoch:.2f}", lr=f"{lr:.3g}", loss=f"{step_loss:.3f}")
-        done = step + 1
-        if done % eval_steps == 0 or done == total:
-            test_error, test_loss = evaluate(cfg, accelerator, model, data)
-            last_eval = dict(epoch=done / steps_per_epoch, train_error=(stats[1] / stats[2]).item(),
-                             test_error=test_error, test_loss=test_loss)
-            stats.zero_()
-            log.log(last_eval, step=step)
-            if accelerator.is_local_main_process:
-                bar.write(f"epoch {last_eval['epoch']:.2f}: train error {last_eval['train_error']:.4f}, "
-                          f"test error {test_error:.4f}, test loss {test_loss:.4f}")
-        if done % ckpt_steps == 0 or done == total:
-            checkpoint.save(accelerator, ckpt_dir, done, dict(step=done, fingerprint=cfg.fingerprint(),
-                            config=cfg.trajectory(), metrics_bytes=log.synced_size(),
-                            train_stats=stats.tolist()),
-                            cfg.keep_checkpoints)
-    bar.close()
+    try:
+        for step in range(start, total):
+            epoch, s = divmod(step, steps_per_epoch)
+            if batches is None or s == 0:
+                order = epoch_order(num_train, cfg.global_batch, cfg.seed, epoch)
+                lists = [idx for row in order[s:] for idx in micro_batches(row, rank, W, A)]
+                batches = iter(_loader(cfg, functools.partial(data.train_batch, seed=cfg.seed, epoch=epoch), lists))
+            lr = lr_at(step, sched)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step_stats = torch.zeros(3, device=accelerator.device)
+            for _ in range(A):
+                x, y = next(batches)
+                x, y = x.to(accelerator.device, non_blocking=True), y.to(accelerator.device, non_blocking=True)
+                with accelerator.accumulate(model):
+                    out = model(x)
+                    loss = F.cross_entropy(out, y)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        _check_finite(model, step, lr, cfg, sched, ckpt_dir)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                step_stats += torch.stack([loss.detach().float() * len(y), (out.argmax(1) != y).sum().float(),
+                                           torch.tensor(float(len(y)), device=x.device)])
+            step_stats = accelerator.reduce(step_stats, "sum")
+            stats += step_stats
+            step_loss = (step_stats[0] / step_stats[2]).item()
+            if not math.isfinite(step_loss):
+                raise Diverged(_divergence("the loss", step, lr, cfg, sched, ckpt_dir))
+            log.log(dict(step=step, epoch=(step + 1) / steps_per_epoch, lr=lr, loss=step_loss,
+                         examples=(step + 1) * cfg.global_batch), step=step)
+            bar.update(cfg.global_batch)
+            bar.set_postfix(epoch=f"{(step + 1) / steps_per_epoch:.2f}", lr=f"{lr:.3g}", loss=f"{step_loss:.3f}")
+            done = step + 1
+            if done % eval_steps == 0 or done == total:
+                test_error, test_loss = evaluate(cfg, accelerator, model, data)
+                last_eval = dict(epoch=done / steps_per_epoch, train_error=(stats[1] / stats[2]).item(),
+                                 test_error=test_error, test_loss=test_loss)
+                stats.zero_()
+                log.log(last_eval, step=step)
+                if accelerator.is_local_main_process:
+                    bar.write(f"epoch {last_eval['epoch']:.2f}: train error {last_eval['train_error']:.4f}, "
+                              f"test error {test_error:.4f}, test loss {test_loss:.4f}")
+            if done % ckpt_steps == 0 or done == total:
+                checkpoint.save(accelerator, ckpt_dir, done, dict(
+                    step=done, examples=done * cfg.global_batch, fingerprint=cfg.fingerprint(),
+                    config=cfg.trajectory(), dataset=data_id, metrics_bytes=log.synced_size(),
+                    train_stats=stats.tolist()), cfg.keep_checkpoints)
+    finally:
+        bar.close()  # before any error message, so that message is the last line
     return last_eval
