@@ -72,6 +72,36 @@ class _Batches(torch.utils.data.Dataset):
         return self.fetch(self.index_lists[k])
 
 
+def _epoch_batches(cfg, data, num_train, epoch, first_step, rank, world_size, accumulation):
+    """This rank's micro-batches (images, labels) for the rest of the epoch, from step `first_step` on."""
+    order = epoch_order(num_train, cfg.global_batch, cfg.seed, epoch)
+    lists = [idx for row in order[first_step:] for idx in micro_batches(row, rank, world_size, accumulation)]
+    return iter(_loader(cfg, functools.partial(data.train_batch, seed=cfg.seed, epoch=epoch), lists))
+
+
+def _accumulated_step(accelerator, model, optimizer, batches, accumulation, check_gradients) -> torch.Tensor:
+    """One optimizer step over `accumulation` micro-batches: [loss sum, wrong, examples] on this rank.
+
+    Accelerate's `accumulate` skips the all-reduce and the optimizer step until the last micro-batch;
+    `accelerator.backward` divides each micro-batch's mean loss by the accumulation steps, so the
+    update is the gradient of the mean loss over all B examples.
+    """
+    stats = torch.zeros(3, device=accelerator.device)
+    for _ in range(accumulation):
+        x, y = (t.to(accelerator.device, non_blocking=True) for t in next(batches))
+        with accelerator.accumulate(model):
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                check_gradients()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        stats += torch.stack([loss.detach().float() * len(y), (out.argmax(1) != y).sum().float(),
+                              torch.tensor(float(len(y)), device=x.device)])
+    return stats
+
+
 def _loader(cfg, fetch, index_lists):
     return torch.utils.data.DataLoader(_Batches(fetch, index_lists), batch_size=None, num_workers=cfg.workers,
                                        pin_memory=torch.cuda.is_available())
@@ -214,27 +244,12 @@ def _train(cfg, data, model, dataset, accelerator):
         for step in range(start, total):
             epoch, s = divmod(step, steps_per_epoch)
             if batches is None or s == 0:
-                order = epoch_order(num_train, cfg.global_batch, cfg.seed, epoch)
-                lists = [idx for row in order[s:] for idx in micro_batches(row, rank, W, A)]
-                batches = iter(_loader(cfg, functools.partial(data.train_batch, seed=cfg.seed, epoch=epoch), lists))
+                batches = _epoch_batches(cfg, data, num_train, epoch, s, rank, W, A)
             lr = lr_at(step, sched)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            step_stats = torch.zeros(3, device=accelerator.device)
-            for _ in range(A):
-                x, y = next(batches)
-                x, y = x.to(accelerator.device, non_blocking=True), y.to(accelerator.device, non_blocking=True)
-                with accelerator.accumulate(model):
-                    out = model(x)
-                    loss = F.cross_entropy(out, y)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        _check_finite(model, step, lr, cfg, sched, ckpt_dir)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                step_stats += torch.stack([loss.detach().float() * len(y), (out.argmax(1) != y).sum().float(),
-                                           torch.tensor(float(len(y)), device=x.device)])
-            step_stats = accelerator.reduce(step_stats, "sum")
+            check = functools.partial(_check_finite, model, step, lr, cfg, sched, ckpt_dir)
+            step_stats = accelerator.reduce(_accumulated_step(accelerator, model, optimizer, batches, A, check), "sum")
             stats += step_stats
             step_loss = (step_stats[0] / step_stats[2]).item()
             if not math.isfinite(step_loss):
