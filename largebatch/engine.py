@@ -25,6 +25,19 @@ from .schedule import Schedule, lr_at
 from .sharding import epoch_order, micro_batches
 
 
+def _init_gloo_for_this_attempt() -> None:
+    """The gloo process group, its rendezvous keys namespaced by torchrun's restart count.
+
+    After `--max_restarts` relaunches the workers, the rendezvous store still holds the dead workers'
+    addresses; without a fresh namespace gloo may connect to them and fail (pytorch#167288).
+    Accelerate keeps a process group that already exists.
+    """
+    store, rank, world_size = next(dist.rendezvous("env://"))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group("gloo", store=dist.PrefixStore(f"largebatch/attempt_{attempt}", store),
+                            rank=rank, world_size=world_size)
+
+
 def make_accelerator(cfg: Config) -> Accelerator:
     """An Accelerator that is really distributed on CPU too.
 
@@ -35,6 +48,8 @@ def make_accelerator(cfg: Config) -> Accelerator:
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     # Named only when launched: for a lone process the backend would make Accelerate expect a process group.
     handlers = [InitProcessGroupKwargs(backend="gloo")] if cpu and launched > 1 else []
+    if cpu and launched > 1 and not dist.is_initialized():
+        _init_gloo_for_this_attempt()
     if cfg.report_to == "wandb":
         os.environ.setdefault("WANDB_MODE", "online" if os.environ.get("WANDB_API_KEY") else "offline")
     accelerator = Accelerator(cpu=cpu, kwargs_handlers=handlers,
