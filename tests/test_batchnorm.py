@@ -2,7 +2,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from largebatch.batchnorm import GhostBatchNorm2d, convert_batchnorm
