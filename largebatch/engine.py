@@ -206,6 +206,9 @@ def _train(cfg, data, model, dataset, accelerator):
         return {}
     if cfg.bn == "sync" and W == 1:
         accelerator.print("note: --bn sync with one process is plain micro-batch BN")
+    if cfg.bn == "sync" and W > 1 and accelerator.device.type == "cpu":
+        raise UserError("--bn sync needs GPUs (torch's SyncBatchNorm runs only on GPU modules); on CPU use "
+                        "--bn ghost, the paper's per-worker BN, or --bn micro")
     if accelerator.device.type == "cpu" and accelerator.mixed_precision != "no":
         accelerator.print(f"warning: {accelerator.mixed_precision} on CPU is often 5-40x slower than fp32")
 

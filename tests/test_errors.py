@@ -64,3 +64,11 @@ def test_bad_yaml_config(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("global_batch: 512\nlearning_rate: 3\n")
     _fails(["--config", cfg], "learning_rate", "unknown option")
+
+
+def test_sync_bn_across_cpu_processes(tmp_path):
+    out = launch(RECIPE, ["--global-batch", 256, "--micro-batch", 128, "--subset", 1024, "--epochs", 1,
+                          "--bn", "sync", "--run-dir", tmp_path], nproc=2, check=False)
+    assert out.returncode != 0
+    assert "error: --bn sync needs GPUs" in out.stderr and "--bn ghost" in out.stderr
+    assert "ValueError" not in out.stderr  # refused before torch's SyncBatchNorm fails deep inside
