@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,9 +106,6 @@ class Config:
     def trajectory(self) -> dict:
         """The fields that shape the training trajectory (not where or how it is logged)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in OPERATIONAL}
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.trajectory(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 OPERATIONAL = frozenset({"run_dir", "resume", "checkpoint_every", "keep_checkpoints", "report_to",

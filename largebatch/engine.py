@@ -218,7 +218,7 @@ def _train(cfg, data, model, dataset, accelerator):
     resume_from, progress = _resume_point(cfg, ckpt_dir, data_id)
     info = dict(dataclasses.asdict(cfg), world_size=W, accumulation_steps=A, peak_lr=sched.peak_lr,
                 warmup_steps=sched.warmup_steps, total_steps=sched.total_steps,
-                steps_per_epoch=steps_per_epoch, fingerprint=cfg.fingerprint())
+                steps_per_epoch=steps_per_epoch)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(info, indent=2))
@@ -288,7 +288,7 @@ def _train(cfg, data, model, dataset, accelerator):
                               f"test error {test_error:.4f}, test loss {test_loss:.4f}")
             if done % ckpt_steps == 0 or done == total:
                 checkpoint.save(accelerator, ckpt_dir, done, dict(
-                    step=done, examples=done * cfg.global_batch, fingerprint=cfg.fingerprint(),
+                    step=done, examples=done * cfg.global_batch,
                     config=cfg.trajectory(), dataset=data_id, metrics_bytes=log.synced_size(),
                     train_stats=stats.tolist()), cfg.keep_checkpoints)
     finally:
