@@ -24,7 +24,8 @@ def _opt(default, help, choices=None):
 class Config:
     # The batch: B = micro_batch x world size x accumulation steps.
     global_batch: int = _opt(256, "examples per optimizer step, over all devices and accumulation steps (kn)")
-    micro_batch: int = _opt(32, "examples per device per forward/backward pass")
+    micro_batch: int = _opt(32, "examples per device per forward/backward pass (at most: a smaller global "
+                            "batch runs B / devices in one pass)")
     epochs: float = _opt(90, "training length in epochs (an epoch is len(train) // global_batch steps)")
     # The paper's recipe.
     base_lr: float = _opt(0.1, "learning rate at --base-batch; scaled linearly to the global batch")
@@ -91,14 +92,25 @@ class Config:
                             f"ghost BatchNorm needs whole groups; use a micro-batch that is a multiple of it")
         return self
 
-    def accumulation_steps(self, world_size: int) -> int:
-        """B / (b * W), refused unless it divides exactly."""
-        per_step = self.micro_batch * world_size
+    def split(self, world_size: int) -> tuple[int, int]:
+        """(micro-batch, accumulation steps) with B = micro-batch x W x accumulation, refused unless exact.
+
+        --micro-batch is a cap: a global batch below micro-batch x W runs B / W examples per device in
+        one pass, so one sweep can span batch sizes on either side of it.
+        """
+        micro = self.micro_batch
+        if self.global_batch < micro * world_size and self.global_batch % world_size == 0:
+            micro = self.global_batch // world_size
+            if self.bn == "ghost" and micro % self.bn_batch:
+                raise UserError(f"--global-batch {self.global_batch} over {world_size} processes gives {micro} "
+                                f"examples per device, not a multiple of --bn-batch {self.bn_batch}; use a global "
+                                f"batch that is a multiple of {self.bn_batch * world_size}")
+        per_step = micro * world_size
         if self.global_batch % per_step:
             raise UserError(f"--global-batch {self.global_batch} is not divisible by --micro-batch "
-                            f"{self.micro_batch} x {world_size} processes = {per_step}; pick a global batch "
+                            f"{micro} x {world_size} processes = {per_step}; pick a global batch "
                             f"that is a multiple of {per_step}")
-        return self.global_batch // per_step
+        return micro, self.global_batch // per_step
 
     def allowed_changes(self) -> list[str]:
         return [name.strip().replace("-", "_") for name in self.allow_change.split(",") if name.strip()]

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from . import checkpoint
 from .config import Config
 from .errors import UserError
-from .metrics import MetricsLog
+from .metrics import MetricsLog, write_summary
 from .optim import build_optimizer
 from .schedule import Schedule, lr_at
 from .sharding import epoch_order, micro_batches
@@ -50,10 +50,9 @@ def make_accelerator(cfg: Config) -> Accelerator:
     handlers = [InitProcessGroupKwargs(backend="gloo")] if cpu and launched > 1 else []
     if cpu and launched > 1 and not dist.is_initialized():
         _init_gloo_for_this_attempt()
-    if cfg.report_to == "wandb":
+    if uses_wandb(cfg):
         os.environ.setdefault("WANDB_MODE", "online" if os.environ.get("WANDB_API_KEY") else "offline")
-    accelerator = Accelerator(cpu=cpu, kwargs_handlers=handlers,
-                              log_with="wandb" if cfg.report_to == "wandb" else None)
+    accelerator = Accelerator(cpu=cpu, kwargs_handlers=handlers, log_with="wandb" if uses_wandb(cfg) else None)
     actual = dist.get_world_size() if dist.is_initialized() else 1
     if accelerator.num_processes != launched or actual != launched:
         raise UserError(f"launched {launched} processes but Accelerate sees {accelerator.num_processes} and "
@@ -66,8 +65,22 @@ def make_accelerator(cfg: Config) -> Accelerator:
     return accelerator
 
 
-def run_header(cfg: Config, world_size: int, accumulation: int, sched: Schedule) -> str:
-    return (f"global batch {cfg.global_batch} = micro-batch {cfg.micro_batch} x {world_size} processes x "
+def uses_wandb(cfg: Config) -> bool:
+    """--report-to wandb, or launched by `wandb agent` (it sets WANDB_SWEEP_ID): log to that sweep."""
+    return cfg.report_to == "wandb" or bool(os.environ.get("WANDB_SWEEP_ID"))
+
+
+def run_dir_of(cfg: Config, dataset: str) -> Path:
+    """--run-dir; by default runs/<dataset>-B<batch>-seed<seed>, or one folder per run of a W&B agent."""
+    if cfg.run_dir:
+        return Path(cfg.run_dir)
+    if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
+        return Path(f"runs/wandb-sweep-{os.environ['WANDB_SWEEP_ID']}/{os.environ['WANDB_RUN_ID']}")
+    return Path(f"runs/{dataset}-B{cfg.global_batch}-seed{cfg.seed}")
+
+
+def run_header(cfg: Config, world_size: int, micro: int, accumulation: int, sched: Schedule) -> str:
+    return (f"global batch {cfg.global_batch} = micro-batch {micro} x {world_size} processes x "
             f"{accumulation} accumulation steps | lr {cfg.base_lr:g} x {cfg.global_batch}/{cfg.base_batch} = "
             f"{sched.peak_lr:g} | warmup {cfg.warmup if sched.warmup_steps else 'none'} "
             f"{sched.warmup_steps} steps | {sched.total_steps} steps ({sched.steps_per_epoch}/epoch), "
@@ -191,7 +204,7 @@ def train(cfg: Config, data, model: torch.nn.Module, dataset: str = "data") -> d
 
 def _train(cfg, data, model, dataset, accelerator):
     W, rank = accelerator.num_processes, accelerator.process_index
-    A = cfg.accumulation_steps(W)
+    micro, A = cfg.split(W)
     accelerator.gradient_accumulation_steps = A
     num_train = cfg.subset or data.num_train
     if num_train > data.num_train:
@@ -201,7 +214,7 @@ def _train(cfg, data, model, dataset, accelerator):
         raise UserError(f"--global-batch {cfg.global_batch} is larger than the {num_train} training examples")
     sched = Schedule(cfg.base_lr, cfg.base_batch, cfg.global_batch, steps_per_epoch, cfg.epochs,
                      cfg.warmup, cfg.warmup_epochs, cfg.schedule)
-    accelerator.print(run_header(cfg, W, A, sched))
+    accelerator.print(run_header(cfg, W, micro, A, sched))
     if cfg.dry_run:
         return {}
     if cfg.bn == "sync" and W == 1:
@@ -212,17 +225,17 @@ def _train(cfg, data, model, dataset, accelerator):
     if accelerator.device.type == "cpu" and accelerator.mixed_precision != "no":
         accelerator.print(f"warning: {accelerator.mixed_precision} on CPU is often 5-40x slower than fp32")
 
-    run_dir = Path(cfg.run_dir or f"runs/{dataset}-B{cfg.global_batch}-seed{cfg.seed}")
+    run_dir = run_dir_of(cfg, dataset)
     ckpt_dir = run_dir / "checkpoints"
     data_id = dict(name=dataset, num_train=num_train, num_classes=data.num_classes)
     resume_from, progress = _resume_point(cfg, ckpt_dir, data_id)
-    info = dict(dataclasses.asdict(cfg), world_size=W, accumulation_steps=A, peak_lr=sched.peak_lr,
+    info = dict(dataclasses.asdict(cfg), dataset=dataset, world_size=W, micro_batch_used=micro, accumulation_steps=A, peak_lr=sched.peak_lr,
                 warmup_steps=sched.warmup_steps, total_steps=sched.total_steps,
                 steps_per_epoch=steps_per_epoch)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(info, indent=2))
-    if cfg.report_to == "wandb":
+    if uses_wandb(cfg):
         for var, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", "wandb/cache"), ("WANDB_DATA_DIR", "wandb/data")):
             os.environ.setdefault(var, str((run_dir / sub).resolve()))
         accelerator.init_trackers(cfg.wandb_project, config=info, init_kwargs={"wandb": {"name": run_dir.name}})
@@ -231,7 +244,7 @@ def _train(cfg, data, model, dataset, accelerator):
     if accelerator.state.deepspeed_plugin is not None:
         # We prepare no dataloader, so DeepSpeed learns the micro-batch from us; no clipping: not the paper's.
         accelerator.state.deepspeed_plugin.deepspeed_config.update(
-            train_micro_batch_size_per_gpu=cfg.micro_batch, gradient_accumulation_steps=A, gradient_clipping=0.0)
+            train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=A, gradient_clipping=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
 
     log = MetricsLog(run_dir / "metrics.jsonl", accelerator)
@@ -275,7 +288,8 @@ def _train(cfg, data, model, dataset, accelerator):
             log.log(dict(step=step, epoch=(step + 1) / steps_per_epoch, lr=lr, loss=step_loss,
                          examples=(step + 1) * cfg.global_batch), step=step)
             bar.update(cfg.global_batch)
-            bar.set_postfix(epoch=f"{(step + 1) / steps_per_epoch:.2f}", lr=f"{lr:.3g}", loss=f"{step_loss:.3f}")
+            bar.set_postfix(epoch=f"{(step + 1) / steps_per_epoch:.2f}", lr=f"{lr:.3g}", loss=f"{step_loss:.3f}",
+                            refresh=False)  # the bar redraws every `mininterval`, not at every step
             done = step + 1
             if done % eval_steps == 0 or done == total:
                 test_error, test_loss = evaluate(cfg, accelerator, model, data)
@@ -291,6 +305,12 @@ def _train(cfg, data, model, dataset, accelerator):
                     step=done, examples=done * cfg.global_batch,
                     config=cfg.trajectory(), dataset=data_id, metrics_bytes=log.synced_size(),
                     train_stats=stats.tolist()), cfg.keep_checkpoints)
+    except Diverged as e:
+        if accelerator.is_main_process:
+            write_summary(run_dir, "diverged", message=str(e))
+        raise
     finally:
         bar.close()  # before any error message, so that message is the last line
+    if accelerator.is_main_process:
+        write_summary(run_dir, "finished")
     return last_eval

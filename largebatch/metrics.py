@@ -34,6 +34,15 @@ class MetricsLog:
         self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
 
 
+def write_summary(run_dir: Path, status: str, **extra) -> None:
+    """`summary.json`: the run's outcome ("finished" or "diverged") and its last evaluation; written
+    atomically, last, so its presence means the run is over (`largebatch sweep` skips such runs)."""
+    _, evals = read_metrics(run_dir / "metrics.jsonl")
+    tmp = run_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(dict(status=status, **(evals[-1] if evals else {}), **extra), indent=2))
+    os.replace(tmp, run_dir / "summary.json")
+
+
 def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
     """(per-step rows, per-evaluation rows) of a run's metrics.jsonl."""
     steps, evals = [], []

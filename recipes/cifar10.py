@@ -6,5 +6,8 @@
 from largebatch.datasets import load_cifar10
 from largebatch.recipe import run_recipe
 
+# Over the library's defaults (the paper's); `largebatch sweep` reads them to check a grid before running it.
+DEFAULTS = dict(model="resnet18_cifar", micro_batch=128, epochs=30)
+
 if __name__ == "__main__":
-    run_recipe("cifar10", load_cifar10, model="resnet18_cifar", micro_batch=128, epochs=30)
+    run_recipe("cifar10", load_cifar10, **DEFAULTS)

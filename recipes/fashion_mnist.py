@@ -6,6 +6,8 @@
 from largebatch.datasets import load_fashion_mnist
 from largebatch.recipe import run_recipe
 
+# Over the library's defaults (the paper's); `largebatch sweep` reads them to check a grid before running it.
+DEFAULTS = dict(model="resnet_fmnist", micro_batch=256, epochs=12, warmup_epochs=2)
+
 if __name__ == "__main__":
-    run_recipe("fashion-mnist", load_fashion_mnist, model="resnet_fmnist", micro_batch=256, epochs=12,
-               warmup_epochs=2)
+    run_recipe("fashion-mnist", load_fashion_mnist, **DEFAULTS)

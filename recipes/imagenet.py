@@ -6,5 +6,8 @@
 from largebatch.datasets import ImageFolderImages
 from largebatch.recipe import run_recipe
 
+# Over the library's defaults (the paper's); `largebatch sweep` reads them to check a grid before running it.
+DEFAULTS = dict(model="resnet50", micro_batch=32, epochs=90, workers=8)
+
 if __name__ == "__main__":
-    run_recipe("imagenet", ImageFolderImages, model="resnet50", micro_batch=32, epochs=90, workers=8)
+    run_recipe("imagenet", ImageFolderImages, **DEFAULTS)

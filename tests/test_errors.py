@@ -6,6 +6,9 @@ import pytest
 
 from conftest import ROOT, launch
 
+from largebatch.config import Config
+from largebatch.errors import UserError
+
 RECIPE = ROOT / "recipes/fashion_mnist.py"
 
 
@@ -72,3 +75,28 @@ def test_sync_bn_across_cpu_processes(tmp_path):
     assert out.returncode != 0
     assert "error: --bn sync needs GPUs" in out.stderr and "--bn ghost" in out.stderr
     assert "ValueError" not in out.stderr  # refused before torch's SyncBatchNorm fails deep inside
+
+
+@pytest.mark.parametrize("B, micro, W, bn, expected", [
+    (4096, 256, 1, "ghost", (256, 16)),
+    (4096, 256, 2, "ghost", (256, 8)),
+    (64, 256, 1, "ghost", (64, 1)),  # --micro-batch is a cap: a smaller batch runs in one pass
+    (128, 256, 2, "ghost", (64, 1)),
+    (48, 256, 1, "micro", (48, 1)),
+])
+def test_batch_split(B, micro, W, bn, expected):
+    cfg = Config(global_batch=B, micro_batch=micro, bn=bn).validate()
+    assert cfg.split(W) == expected
+    assert expected[0] * W * expected[1] == B
+
+
+@pytest.mark.parametrize("B, micro, W, words", [
+    (48, 256, 1, ["48 examples per device", "--bn-batch 32", "multiple of 32"]),
+    (96, 256, 2, ["48 examples per device", "multiple of 64"]),
+    (1000, 256, 1, ["--global-batch 1000 is not divisible by --micro-batch 256 x 1 processes"]),
+])
+def test_batch_split_refused(B, micro, W, words):
+    with pytest.raises(UserError) as e:
+        Config(global_batch=B, micro_batch=micro).validate().split(W)
+    for w in words:
+        assert w in str(e.value), str(e.value)
