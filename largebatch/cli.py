@@ -9,6 +9,8 @@ from pathlib import Path
 from .errors import UserError
 from .metrics import read_metrics
 from .plots import training_curves
+from .report import write_report
+from .sweep import run_sweep
 
 
 def compare(run_dirs: list[str], plot: str) -> str:
@@ -37,9 +39,30 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("compare", help="final errors of runs side by side, and their training curves in one plot")
     p.add_argument("runs", nargs="+", help="run folders (runs/<name>)")
     p.add_argument("--plot", default="runs/compare.png", help="where to write the figure")
+    p = sub.add_parser("sweep", help="run a W&B grid sweep file here, one run after another (or one per GPU)")
+    p.add_argument("file", help="sweep YAML, e.g. recipes/sweeps/batch_size.yaml")
+    p.add_argument("--out", default="runs/sweeps", help="runs go to OUT/<sweep name>/<parameters>")
+    p.add_argument("--report-to", default="none", choices=["none", "wandb"],
+                   help="also log every run to W&B (offline without WANDB_API_KEY)")
+    p.add_argument("--jobs", type=int, default=0, help="runs at a time (default: one per visible GPU, else 1)")
+    p.add_argument("--dry-run", action="store_true", help="print each run's command and exit")
+    p = sub.add_parser("report", help="report.md + report.html with figures from a folder of sweeps")
+    p.add_argument("runs_dir", help="folder of sweep folders, e.g. runs/sweeps")
+    p.add_argument("--out", help="where to write the report and figures (default: RUNS_DIR)")
+    p.add_argument("--tolerance", type=float, default=0.5,
+                   help="percentage points a batch size may exceed the baseline's mean error by and still hold "
+                        "(the band is the larger of this and 2 std of the baseline)")
     args = parser.parse_args(argv)
     try:
-        print(compare(args.runs, args.plot))
+        if args.command == "compare":
+            print(compare(args.runs, args.plot))
+        elif args.command == "sweep":
+            failed = run_sweep(args.file, args.out, args.report_to, args.jobs or None, args.dry_run)
+            if failed:
+                raise UserError(f"{failed} run(s) failed; their errors are above (or in their train.log); "
+                                f"rerun the same command to retry them")
+        elif args.command == "report":
+            print(f"wrote {write_report(args.runs_dir, args.out, args.tolerance / 100)} (and report.html)")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

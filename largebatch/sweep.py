@@ -1,0 +1,259 @@
+"""Grid sweeps in W&B's sweep YAML format, run here without a W&B server.
+
+A sweep file works unchanged with `wandb sweep FILE` + `wandb agent ID`. `largebatch sweep FILE` runs
+the same grid in the order W&B's grid search proposes it (parameters sorted by name, each one's values
+in the order written), one folder per run under <out>/<sweep name>/, skipping finished runs, resuming
+interrupted ones and reusing an identical finished run of another sweep in the same <out>.
+
+Written here because wandb runs a grid only through its server (`wandb agent`), and its local
+controller needs the `sweeps` package, which pins numpy < 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from .config import Config, parse_config
+from .errors import UserError
+
+DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]  # W&B's default
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    name: str
+    file: Path
+    program: str
+    command: list[str]
+    parameters: dict[str, list]  # every parameter's values; a `value` constant is a list of one
+    runs: list[dict]  # each run's parameters, in W&B's grid order
+
+    def run_name(self, params: dict) -> str:
+        """The run's folder name: the parameters that vary in this sweep, e.g. global-batch=4096,seed=1."""
+        varying = [k for k in sorted(self.parameters) if len(self.parameters[k]) > 1]
+        return ",".join(f"{k}={params[k]}" for k in varying) or "run"
+
+
+def wandb_args(params: dict) -> list[str]:
+    """The program's arguments as W&B's `${args}` writes them: --name=value."""
+    return [f"--{k}={v}" for k, v in sorted(params.items())]
+
+
+def expand_grid(parameters: dict[str, list]) -> list[dict]:
+    """Every combination, in W&B's grid order: the product over parameter names sorted, values as written."""
+    names = sorted(parameters)
+    return [dict(zip(names, combo)) for combo in itertools.product(*(parameters[n] for n in names))]
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read and check a grid sweep file; any problem is one UserError naming the file and the fix."""
+    path = Path(path)
+
+    def bad(why: str) -> UserError:
+        return UserError(f"sweep {path}: {why}")
+
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"sweep file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise bad(f"not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(spec, dict):
+        raise bad(f"must be a mapping with program, method and parameters, not {type(spec).__name__}")
+    if spec.get("method") != "grid":
+        raise bad(f"method {spec.get('method')!r}: largebatch sweep runs grids only (method: grid); "
+                  f"random and bayes searches need a W&B server: wandb sweep {path}")
+    program = spec.get("program")
+    if not isinstance(program, str) or not program:
+        raise bad("needs 'program: recipes/<recipe>.py', the script each run launches")
+    command = spec.get("command", DEFAULT_COMMAND)
+    if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
+        raise bad("'command' must be a list of strings, as in W&B's sweep format")
+    unknown = [c for c in command if c.startswith("${") and c not in DEFAULT_COMMAND]
+    if unknown or "${args}" not in command:
+        raise bad(f"'command' must pass ${{args}} and may use only {', '.join(DEFAULT_COMMAND)}"
+                  + (f"; found {unknown[0]}" if unknown else ""))
+    raw = spec.get("parameters")
+    if not isinstance(raw, dict) or not raw:
+        raise bad("needs a 'parameters' mapping of option: {values: [...]} or {value: ...}")
+    fields = {f.name for f in dataclasses.fields(Config)}
+    parameters = {}
+    for name, p in raw.items():
+        field = str(name).replace("-", "_")
+        if field not in fields:
+            near = difflib.get_close_matches(field, fields, n=1)
+            raise bad(f"unknown parameter {name!r}" + (f" (did you mean {near[0].replace('_', '-')}?)" if near else "")
+                      + "; parameters are the recipe's options, see its --help")
+        if not isinstance(p, dict) or len({"value", "values"} & set(p)) != 1 or set(p) - {"value", "values"}:
+            raise bad(f"parameter {name!r} must be {{values: [...]}} or {{value: ...}} in a grid sweep, not {p!r}")
+        values = p["values"] if "values" in p else [p["value"]]
+        if not isinstance(values, list) or not values:
+            raise bad(f"parameter {name!r}: 'values' must be a non-empty list, not {values!r}")
+        if not all(isinstance(v, (int, float, str, bool)) for v in values):
+            raise bad(f"parameter {name!r}: values must be numbers, strings or booleans, not {values!r}")
+        if len(set(map(repr, values))) != len(values):
+            raise bad(f"parameter {name!r} repeats a value in {values!r}")
+        parameters[str(name)] = values
+    name = spec.get("name") or path.stem
+    return Sweep(str(name), path, program, command, parameters, expand_grid(parameters))
+
+
+def _recipe_defaults(program: str) -> dict:
+    """The recipe's DEFAULTS, so each run's options are checked as the recipe will see them."""
+    path = Path(program)
+    if not path.is_file():
+        raise UserError(f"program {program} does not exist; sweep files name it relative to the folder you run from")
+    spec = importlib.util.spec_from_file_location(f"_recipe_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not isinstance(getattr(module, "DEFAULTS", None), dict):
+        raise UserError(f"program {program} is not a largebatch recipe (it defines no DEFAULTS)")
+    return module.DEFAULTS
+
+
+@dataclasses.dataclass
+class _Run:
+    name: str
+    params: dict
+    folder: Path
+    config: Config
+
+    def key(self, program: str) -> str:
+        """Runs with equal keys train the same model the same way: one can stand in for the other."""
+        return json.dumps(dict(self.config.trajectory(), program=str(Path(program).resolve()),
+                               data_dir=self.config.data_dir), sort_keys=True)
+
+
+def plan(sweep: Sweep, out: Path) -> list[_Run]:
+    """Each run of the sweep, with its options checked before anything is launched."""
+    defaults = _recipe_defaults(sweep.program)
+    runs = []
+    for params in sweep.runs:
+        name = sweep.run_name(params)
+        folder = out / sweep.name / name
+        try:
+            cfg = parse_config(wandb_args(params) + [f"--run-dir={folder}"], **defaults)
+            cfg.split(1)  # divides on one process at least; the launch checks its own process count
+        except UserError as e:
+            raise UserError(f"sweep {sweep.file}, run {name}: {e}") from None
+        runs.append(_Run(name, params, folder, cfg))
+    return runs
+
+
+def _finished_elsewhere(out: Path, here: str) -> dict[str, Path]:
+    """Finished runs of the other sweeps in `out` (read from the sweep.yaml each sweep folder keeps), by key."""
+    found = {}
+    for copy in sorted(out.glob("*/sweep.yaml")):
+        if copy.parent.name == here:
+            continue
+        try:
+            other = load_sweep(copy)
+            runs = plan(other, out)
+        except UserError:
+            continue  # a folder we cannot read is simply not reused
+        for run in runs:
+            if (run.folder / "summary.json").is_file() and not run.folder.is_symlink():
+                found.setdefault(run.key(other.program), run.folder)
+    return found
+
+
+def command(sweep: Sweep, run: _Run, report_to: str) -> list[str]:
+    """The command W&B's agent would run, plus the run folder, --resume and the W&B choice."""
+    cmd = []
+    for part in sweep.command:
+        if part == "${env}":
+            continue  # the agent's /usr/bin/env: we pass the environment directly
+        elif part == "${interpreter}":
+            cmd.append(sys.executable)
+        elif part == "${program}":
+            cmd.append(sweep.program)
+        elif part == "${args}":
+            cmd += wandb_args(run.params) + [f"--run-dir={run.folder}", "--resume", f"--report-to={report_to}"]
+        else:
+            cmd.append(part)
+    if cmd and not shutil.which(cmd[0]):
+        local = Path(sys.executable).parent / cmd[0]  # e.g. `accelerate` from this venv when it is not on PATH
+        cmd[0] = str(local) if local.exists() else cmd[0]
+    return cmd
+
+
+def _outcome(run: _Run, code: int) -> str:
+    summary = run.folder / "summary.json"
+    if not summary.is_file():
+        return f"failed (exit status {code})"
+    result = json.loads(summary.read_text())
+    if result["status"] == "diverged":
+        return "diverged"
+    return f"finished: test error {100 * result['test_error']:.2f}%"
+
+
+def run_sweep(path: str | Path, out: str | Path = "runs/sweeps", report_to: str = "none",
+              jobs: int | None = None, dry_run: bool = False) -> int:
+    """Run the sweep's grid here; returns the number of runs that failed (diverged runs count as results)."""
+    sweep, out = load_sweep(path), Path(out)
+    runs = plan(sweep, out)
+    # A command that launches its own processes (accelerate launch) takes every GPU, one run at a time.
+    per_gpu = "${interpreter}" in sweep.command
+    gpus = torch.cuda.device_count() if per_gpu else 0
+    jobs = jobs or max(1, gpus)
+    print(f"sweep {sweep.name}: {len(runs)} runs of {sweep.program} into {out / sweep.name}, {jobs} at a time")
+    if dry_run:
+        for run in runs:
+            print(" ".join(command(sweep, run, report_to)))
+        return 0
+    (out / sweep.name).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(sweep.file, out / sweep.name / "sweep.yaml")
+    elsewhere = _finished_elsewhere(out, sweep.name)
+    todo = []
+    for run in runs:
+        twin = elsewhere.get(run.key(sweep.program))
+        if (run.folder / "summary.json").is_file():
+            print(f"  {run.name}: already finished")
+        elif twin and not run.folder.exists():
+            run.folder.symlink_to(os.path.relpath(twin, run.folder.parent))
+            print(f"  {run.name}: the same run finished as {twin}; reusing it")
+        else:
+            todo.append(run)
+    failed, done, started_all = 0, 0, time.time()
+    running: dict[subprocess.Popen, tuple] = {}  # process: (run, job slot, log file, start time)
+    free = list(range(jobs))
+    while todo or running:
+        while todo and free:
+            run, slot = todo.pop(0), free.pop(0)
+            env = dict(os.environ, WANDB_RUN_GROUP=sweep.name)
+            if gpus:  # one run per GPU
+                env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+            elif jobs > 1:
+                env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+            run.folder.mkdir(parents=True, exist_ok=True)
+            # One job at a time keeps the run's own progress bar on the terminal; parallel runs log to files.
+            log = open(run.folder / "train.log", "a") if jobs > 1 else None
+            running[subprocess.Popen(command(sweep, run, report_to), env=env, stdout=log, stderr=log)] = (
+                run, slot, log, time.time())
+            print(f"  {run.name}: started" + (f" (log: {run.folder / 'train.log'})" if log else ""), flush=True)
+        time.sleep(0.2)
+        for proc in [p for p in running if p.poll() is not None]:
+            run, slot, log, start = running.pop(proc)
+            free.append(slot)
+            if log:
+                log.close()
+            done += 1
+            outcome = _outcome(run, proc.returncode)
+            failed += outcome.startswith("failed")
+            left = len(todo) + len(running)
+            eta = (time.time() - started_all) / done * left
+            print(f"  {run.name}: {outcome} in {time.time() - start:.0f} s | {left} to go, "
+                  f"about {eta / 60:.0f} min left", flush=True)
+    return failed

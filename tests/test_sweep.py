@@ -1,0 +1,147 @@
+"""Sweep files: W&B's grid order, the repository's sweeps, malformed files, and a tiny sweep end to end."""
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from largebatch.cli import main
+from largebatch.sweep import load_sweep, plan
+
+SWEEPS = ROOT / "recipes/sweeps"
+
+
+def _write(tmp_path, text, name="s.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_grid_order_is_wandbs(tmp_path):
+    # Recorded from wandb's `sweeps` 0.3.0 (the grid search W&B's server runs):
+    # sweeps.next_runs(<this config>, [], n=20) on 2026-11-25.
+    path = _write(tmp_path, """
+program: recipes/fashion_mnist.py
+method: grid
+parameters:
+  warmup: {values: [gradual, none]}
+  seed: {values: [1, 0]}
+  global-batch: {values: [512, 256]}
+  epochs: {value: 2}
+""")
+    wandb = [{"epochs": 2, "global-batch": 512, "seed": 1, "warmup": "gradual"},
+             {"epochs": 2, "global-batch": 512, "seed": 1, "warmup": "none"},
+             {"epochs": 2, "global-batch": 512, "seed": 0, "warmup": "gradual"},
+             {"epochs": 2, "global-batch": 512, "seed": 0, "warmup": "none"},
+             {"epochs": 2, "global-batch": 256, "seed": 1, "warmup": "gradual"},
+             {"epochs": 2, "global-batch": 256, "seed": 1, "warmup": "none"},
+             {"epochs": 2, "global-batch": 256, "seed": 0, "warmup": "gradual"},
+             {"epochs": 2, "global-batch": 256, "seed": 0, "warmup": "none"}]
+    sweep = load_sweep(path)
+    assert sweep.runs == wandb
+    assert sweep.run_name(wandb[0]) == "global-batch=512,seed=1,warmup=gradual"
+
+
+@pytest.mark.parametrize("name, count, varying", [
+    ("batch_size", 16, {"global-batch": [64, 128, 256, 512, 1024, 2048, 4096, 8192], "seed": [0, 1]}),
+    ("warmup", 6, {"warmup": ["none", "constant", "gradual"], "seed": [0, 1]}),
+    ("batchnorm", 3, {"bn": ["ghost", "micro", "sync"]}),
+    ("weight_decay", 2, {"wd-scaling": ["none", "inverse"]}),
+    ("lr_sensitivity", 3, {"base-lr": [0.05, 0.1, 0.2]}),
+    ("imagenet_batch_size", 30, {"global-batch": [256, 512, 1024, 2048, 4096, 8192], "seed": [0, 1, 2, 3, 4]}),
+])
+def test_repository_sweeps(name, count, varying, tmp_path):
+    sweep = load_sweep(SWEEPS / f"{name}.yaml")
+    assert len(sweep.runs) == count
+    assert {k: v for k, v in sweep.parameters.items() if len(v) > 1} == varying
+    runs = plan(sweep, tmp_path)  # every run's options pass the recipe's own validation
+    configs = [r.config for r in runs]
+    if name.startswith("imagenet"):
+        assert {(c.model, c.epochs, c.bn, c.bn_batch, c.warmup, c.warmup_epochs) for c in configs} == {
+            ("resnet50", 90, "ghost", 32, "gradual", 5)}
+    if name != "batch_size" and not name.startswith("imagenet"):
+        # The ablations sit at one batch size the batch-size sweep also ran, so its runs are reused.
+        batch = load_sweep(SWEEPS / "batch_size.yaml")
+        assert len({c.global_batch for c in configs}) == 1
+        assert configs[0].global_batch in batch.parameters["global-batch"]
+        assert {c.epochs for c in configs} == {batch.parameters["epochs"][0]}
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("program: [unclosed", "not valid YAML"),
+    ("- a\n- b\n", "must be a mapping"),
+    ("program: recipes/fashion_mnist.py\nmethod: bayes\nparameters: {seed: {values: [1]}}", "method 'bayes'"),
+    ("method: grid\nparameters: {seed: {values: [1]}}", "needs 'program"),
+    ("program: recipes/fashion_mnist.py\nmethod: grid\n", "needs a 'parameters' mapping"),
+    ("program: recipes/fashion_mnist.py\nmethod: grid\nparameters: {global-bacth: {values: [256]}}",
+     "unknown parameter 'global-bacth' (did you mean global-batch?)"),
+    ("program: recipes/fashion_mnist.py\nmethod: grid\nparameters: {seed: {values: []}}", "non-empty list"),
+    ("program: recipes/fashion_mnist.py\nmethod: grid\nparameters: {seed: {values: 3}}", "non-empty list"),
+    ("program: recipes/fashion_mnist.py\nmethod: grid\nparameters: {seed: {min: 0, max: 3}}",
+     "must be {values: [...]} or {value: ...}"),
+    ("program: recipes/fashion_mnist.py\nmethod: grid\nparameters: {seed: {values: [1, 1]}}", "repeats a value"),
+    ("program: recipes/fashion_mnist.py\nmethod: grid\ncommand: [python, '${program}']\n"
+     "parameters: {seed: {value: 1}}", "must pass ${args}"),
+    ("program: recipes/fashion_mnist.py\nmethod: grid\ncommand: ['${program}', '${args_json}', '${args}']\n"
+     "parameters: {seed: {value: 1}}", "found ${args_json}"),
+    ("program: recipes/nope.py\nmethod: grid\nparameters: {seed: {value: 1}}", "program recipes/nope.py does not exist"),
+    ("program: recipes/fashion_mnist.py\nmethod: grid\nparameters: {global-batch: {values: [256, 1000]}}",
+     "run global-batch=1000: --global-batch 1000 is not divisible by --micro-batch 256"),
+    ("program: recipes/fashion_mnist.py\nmethod: grid\nparameters: {warmup: {values: [gradual, linear]}}",
+     "run warmup=linear: --warmup 'linear' is not one of"),
+])
+def test_malformed_sweep_is_one_line(text, expected, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    path = _write(tmp_path, text)
+    with pytest.raises(SystemExit) as exit:
+        main(["sweep", str(path), "--out", str(tmp_path / "out"), "--dry-run"])
+    err = capsys.readouterr().err.strip()
+    assert exit.value.code == 2
+    assert "\n" not in err and err.startswith("error: "), err
+    assert expected in err, err
+    assert not (tmp_path / "out").exists()  # nothing launched, nothing written
+
+
+def _sweep(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "largebatch.cli", "sweep", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "2"})
+    assert proc.returncode == 0 or not check, proc.stdout + proc.stderr
+    return proc
+
+
+TINY = """
+name: {name}
+program: recipes/fashion_mnist.py
+method: grid
+parameters:
+  global-batch: {{values: {batches}}}
+  epochs: {{value: 1}}
+  subset: {{value: 512}}
+  warmup-epochs: {{value: 0.5}}
+"""
+
+
+def test_tiny_sweep_runs_skips_resumes_and_reuses(tmp_path, fmnist_dir):
+    out = tmp_path / "sweeps"
+    first = _write(tmp_path, TINY.format(name="tiny", batches=[128, 256]))
+    proc = _sweep(first, "--out", out)
+    for b in (128, 256):
+        run = out / "tiny" / f"global-batch={b}"
+        summary = json.loads((run / "summary.json").read_text())
+        config = json.loads((run / "config.json").read_text())
+        assert summary["status"] == "finished" and 0 < summary["test_error"] < 1
+        assert (config["global_batch"], config["micro_batch_used"], config["epochs"]) == (b, b, 1)
+        assert f"global-batch={b}: finished: test error {100 * summary['test_error']:.2f}%" in proc.stdout
+    # Run again: nothing to do. Drop one run's summary, as if killed after its last checkpoint: it resumes.
+    (out / "tiny/global-batch=256/summary.json").unlink()
+    again = _sweep(first, "--out", out).stdout
+    assert "global-batch=128: already finished" in again
+    assert "resuming from" in again and "global-batch=256: finished" in again
+    # Another sweep sharing a finished run reuses it instead of training it again.
+    other = _write(tmp_path, TINY.format(name="other", batches=[256, 512]), "other.yaml")
+    shared = _sweep(other, "--out", out).stdout
+    assert "global-batch=256: the same run finished as" in shared
+    assert (out / "other/global-batch=256").resolve() == (out / "tiny/global-batch=256").resolve()
+    assert (out / "other/global-batch=512/summary.json").is_file()
