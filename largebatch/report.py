@@ -1,0 +1,332 @@
+"""`largebatch report RUNS_DIR`: the paper's evidence from a folder of sweeps, as report.md and report.html.
+
+RUNS_DIR holds one folder per sweep (as `largebatch sweep` writes them: a `sweep.yaml` and one folder
+per run). A run's error is the median of its evaluations in the last 1/18 of training, the paper's
+"median of the last 5 of 90 epochs"; groups of seeds give mean ± std. The baseline is the batch-size
+sweep's runs at the base batch (256); a batch size "holds" when its mean error is within the
+baseline's band: baseline mean + max(2 std, tolerance).
+"""
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import math
+import re
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .errors import UserError  # noqa: E402
+from .metrics import read_metrics  # noqa: E402
+from .sweep import load_sweep  # noqa: E402
+
+TITLES = {"warmup": "Warmup", "bn": "BatchNorm statistics", "wd_scaling": "Weight decay",
+          "base_lr": "Learning-rate sensitivity", "momentum_form": "Momentum form"}
+
+
+@dataclasses.dataclass
+class Run:
+    folder: Path
+    config: dict
+    status: str  # finished | diverged | unfinished
+    evals: list[dict]
+
+    @property
+    def error(self) -> float:
+        """Median test error of the evaluations in the last 1/18 of training (at least the last one)."""
+        last = self.evals[-1]["epoch"]
+        tail = [e["test_error"] for e in self.evals if e["epoch"] >= last * (1 - 1 / 18)]
+        return statistics.median(tail)
+
+
+@dataclasses.dataclass
+class Group:
+    label: dict  # the varying options (not the seed) and their values
+    runs: list[Run]
+
+    @property
+    def ok(self) -> list[Run]:
+        return [r for r in self.runs if r.status == "finished"]
+
+    @property
+    def mean(self) -> float:
+        return statistics.mean(r.error for r in self.ok) if self.ok else math.nan
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(r.error for r in self.ok) if len(self.ok) > 1 else math.nan
+
+    @property
+    def train_mean(self) -> float:
+        return statistics.mean(r.evals[-1]["train_error"] for r in self.ok) if self.ok else math.nan
+
+    def cell(self) -> str:
+        """Mean ± std in percent, as the paper's tables; diverged seeds said, not averaged in."""
+        diverged = len(self.runs) - len(self.ok)
+        if not self.ok:
+            return "diverged"
+        text = f"{100 * self.mean:.2f}" + (f" ± {100 * self.std:.2f}" if len(self.ok) > 1 else "")
+        return text + (f" ({diverged} of {len(self.runs)} diverged)" if diverged else "")
+
+    def curve(self) -> tuple[list[float], list[float]]:
+        """Training error per evaluation, averaged over the seeds that finished."""
+        runs = self.ok or self.runs
+        n = min(len(r.evals) for r in runs)
+        return ([e["epoch"] for e in runs[0].evals[:n]],
+                [statistics.mean(r.evals[i]["train_error"] for r in runs) for i in range(n)])
+
+
+@dataclasses.dataclass
+class SweepResult:
+    name: str
+    varying: list[str]  # option names (underscored) that vary, seed excluded
+    groups: list[Group]
+
+    def constant(self, key):
+        values = {r.config[key] for g in self.groups for r in g.runs}
+        return values.pop() if len(values) == 1 else None
+
+
+def load_run(folder: Path) -> Run | None:
+    if not (folder / "config.json").is_file() or not (folder / "metrics.jsonl").is_file():
+        return None
+    _, evals = read_metrics(folder / "metrics.jsonl")
+    summary = folder / "summary.json"
+    status = json.loads(summary.read_text())["status"] if summary.is_file() else "unfinished"
+    if not evals and status != "diverged":
+        return None
+    return Run(folder, json.loads((folder / "config.json").read_text()), status, evals)
+
+
+def load_sweeps(runs_dir: Path) -> list[SweepResult]:
+    """Every sweep folder in `runs_dir` (or `runs_dir` itself), its runs grouped by the options that vary."""
+    folders = sorted(p.parent for p in runs_dir.glob("*/sweep.yaml")) or (
+        [runs_dir] if (runs_dir / "sweep.yaml").is_file() else [])
+    if not folders:
+        raise UserError(f"{runs_dir} holds no sweep folders (<sweep>/sweep.yaml, as `largebatch sweep` writes "
+                        f"them); run e.g. largebatch sweep recipes/sweeps/batch_size.yaml --out {runs_dir}")
+    results = []
+    for folder in folders:
+        sweep = load_sweep(folder / "sweep.yaml")
+        varying = [k.replace("-", "_") for k in sorted(sweep.parameters)
+                   if len(sweep.parameters[k]) > 1 and k != "seed"]
+        groups: dict[tuple, Group] = {}
+        for params in sweep.runs:
+            run = load_run(folder / sweep.run_name(params))
+            if run is None:
+                continue
+            label = {k: run.config[k] for k in varying}
+            groups.setdefault(tuple(label.values()), Group(label, [])).runs.append(run)
+        if groups:
+            results.append(SweepResult(sweep.name, varying, list(groups.values())))
+    return results
+
+
+def batch_sweep(sweeps: list[SweepResult]) -> SweepResult | None:
+    return next((s for s in sweeps if s.varying == ["global_batch"]), None)
+
+
+def baseline_of(sweeps: list[SweepResult]) -> Group | None:
+    sweep = batch_sweep(sweeps)
+    if sweep is None:
+        return None
+    return next((g for g in sweep.groups if g.label["global_batch"] == g.runs[0].config["base_batch"]), None)
+
+
+def scaling_limit(sweep: SweepResult, base: Group, tolerance: float) -> tuple[Group | None, Group | None, float]:
+    """(largest batch that holds with every smaller one holding too, the first that does not, band)."""
+    band = max(2 * base.std if len(base.ok) > 1 else 0.0, tolerance)
+    holds, breaks = None, None
+    for g in sorted(sweep.groups, key=lambda g: g.label["global_batch"]):
+        if g.ok and g.mean <= base.mean + band and len(g.ok) == len(g.runs):
+            holds = g
+        else:
+            breaks = g
+            break
+    return holds, breaks, band
+
+
+# ---- figures -------------------------------------------------------------------------------------
+
+def plot_error_vs_batch(sweep: SweepResult, base: Group | None, band: float, out: Path) -> Path:
+    groups = sorted(sweep.groups, key=lambda g: g.label["global_batch"])
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    if base is not None:
+        ax.axhspan(100 * (base.mean - band), 100 * (base.mean + band), color="0.85",
+                   label=f"baseline B={base.label['global_batch']} ± band")
+        ax.axhline(100 * base.mean, color="0.4", lw=0.8)
+    ok = [g for g in groups if g.ok]
+    ax.errorbar([g.label["global_batch"] for g in ok], [100 * g.mean for g in ok],
+                yerr=[100 * g.std if len(g.ok) > 1 else 0 for g in ok], fmt="-o", capsize=3,
+                label="test error, mean ± std over seeds")
+    dead = [g.label["global_batch"] for g in groups if not g.ok]
+    if dead:
+        top = max([100 * g.mean for g in ok] or [1])
+        ax.plot(dead, [top * 1.1] * len(dead), "rx", ms=9, label="diverged")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([g.label["global_batch"] for g in groups])
+    ax.set_xticklabels([_batch(g.label["global_batch"]) for g in groups])
+    ax.set(xlabel="global minibatch size kn", ylabel="test error %", title="error vs minibatch size")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def plot_curves(sweep: SweepResult, base: Group | None, out: Path) -> Path:
+    """One panel per group: its training error over epochs laid over the baseline's (the paper's Fig. 2/4)."""
+    groups = [g for g in sweep.groups if g is not base]
+    cols = min(4, len(groups))
+    rows = math.ceil(len(groups) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.7 * rows), sharey=True, squeeze=False)
+    for ax, g in zip(axes.flat, groups):
+        if base is not None:
+            ax.plot(*_pct(base.curve()), color="0.3", label=f"baseline B={base.label['global_batch']}")
+        ax.plot(*_pct(g.curve()), color="C3", label=_label(g.label))
+        ax.set(xlabel="epoch", title=_label(g.label))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes.flat[len(groups):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("training error %")
+    return _save(fig, out)
+
+
+def _pct(curve):
+    return curve[0], [100 * v for v in curve[1]]
+
+
+def _save(fig, out: Path) -> Path:
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _batch(b: int) -> str:
+    return f"{b // 1024}k" if b >= 1024 and b % 1024 == 0 else str(b)
+
+
+def _label(label: dict) -> str:
+    return ", ".join(f"B={_batch(v)}" if k == "global_batch" else f"{k.replace('_', '-')}={v}"
+                     for k, v in label.items())
+
+
+# ---- the document --------------------------------------------------------------------------------
+
+def build(runs_dir: Path, out: Path, tolerance: float = 0.005) -> list[tuple]:
+    """The report as blocks: ("h1"|"h2"|"p", text), ("table", header, rows), ("img", file, alt)."""
+    sweeps = load_sweeps(runs_dir)
+    base = baseline_of(sweeps)
+    c = (base or sweeps[0].groups[0]).runs[0].config
+    bn = f"ghost n = {c['bn_batch']}" if c["bn"] == "ghost" else c["bn"]
+    blocks = [("h1", f"Large-minibatch results: {c['dataset']}, {c['model']}"),
+              ("p", f"Setting: {c['epochs']:g} epochs; η = {c['base_lr']:g} × B / {c['base_batch']}; "
+                    f"{c['warmup']} warmup over {c['warmup_epochs']:g} epochs when B > {c['base_batch']}; "
+                    f"{c['schedule']} decay; BatchNorm {bn}; weight decay {c['weight_decay']:g}. The runs of "
+                    f"each sweep differ only in the options of its table (and the seed).")]
+    bsweep = batch_sweep(sweeps)
+    if bsweep is not None and base is not None:
+        holds, breaks, band = scaling_limit(bsweep, base, tolerance)
+        blocks += [("h2", "How far can I scale?"), ("p", _verdict(base, holds, breaks, band))]
+        img = plot_error_vs_batch(bsweep, base, band, out / "error_vs_batch.png")
+        blocks.append(("img", img.name, "test error against global minibatch size"))
+    for sweep in sweeps:
+        blocks += _sweep_section(sweep, base, sweep is bsweep, out)
+    blocks.append(("p", f"Each run's error is the median of its test-set evaluations in the last 1/18 of "
+                        f"training (the paper's last 5 of 90 epochs); ± is the standard deviation over seeds. "
+                        f"A batch size holds when its mean is at most the baseline's mean plus max(2 std, "
+                        f"{100 * tolerance:g} points). Made by `largebatch report` from the runs in {runs_dir}."))
+    return blocks
+
+
+def _verdict(base: Group, holds: Group | None, breaks: Group | None, band: float) -> str:
+    b0 = f"the B = {base.label['global_batch']} baseline ({base.cell()}% test error)"
+    if holds is None:
+        return f"**No batch size holds**: even the smallest is worse than {b0} by more than {100 * band:.2f} points."
+    text = (f"**Linear scaling + warmup holds up to B = {holds.label['global_batch']}**: {holds.cell()}% "
+            f"test error against {b0}, within {100 * band:.2f} points.")
+    if breaks is None:
+        return text + " It holds at every batch size in the sweep: try larger ones to find the limit."
+    if not breaks.ok:
+        return text + f" At B = {breaks.label['global_batch']} training diverged."
+    return text + (f" At B = {breaks.label['global_batch']} it breaks: {breaks.cell()}% "
+                   f"(+{100 * (breaks.mean - base.mean):.2f} points).")
+
+
+def _sweep_section(sweep: SweepResult, base: Group | None, is_batch: bool, out: Path) -> list[tuple]:
+    title = ("Error against minibatch size" if is_batch else
+             " / ".join(TITLES.get(k, k.replace("_", "-")) for k in sweep.varying) or sweep.name)
+    batch = sweep.constant("global_batch")
+    if batch is not None:
+        title += f" at B = {_batch(batch)}"
+    header = ["", "kn", "η", *[k.replace("_", "-") for k in sweep.varying if k != "global_batch"],
+              "test error %", "Δ vs baseline", "train error %", "seeds"]
+    rows = []
+    for g in ([base] if base is not None and not is_batch else []) + sweep.groups:
+        cfg = g.runs[0].config
+        rows.append(["baseline" if g is base else "", _batch(cfg["global_batch"]), f"{cfg['peak_lr']:.3g}",
+                     *[str(cfg[k]) if g is not base else "" for k in sweep.varying if k != "global_batch"],
+                     g.cell(), f"{100 * (g.mean - base.mean):+.2f}" if base is not None and g.ok else "",
+                     f"{100 * g.train_mean:.2f}" if g.ok else "", str(len(g.runs))])
+    img = plot_curves(sweep, base, out / f"curves_{sweep.name}.png")
+    return [("h2", title), ("table", header, rows),
+            ("img", img.name, f"training error over epochs, {sweep.name}, against the baseline")]
+
+
+def to_markdown(blocks: list[tuple]) -> str:
+    lines = []
+    for kind, *rest in blocks:
+        if kind in ("h1", "h2"):
+            lines += [f"{'#' if kind == 'h1' else '##'} {rest[0]}", ""]
+        elif kind == "p":
+            lines += [rest[0], ""]
+        elif kind == "img":
+            lines += [f"![{rest[1]}]({rest[0]})", ""]
+        else:
+            header, rows = rest
+            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+    return "\n".join(lines)
+
+
+def to_html(blocks: list[tuple]) -> str:
+    def inline(text):
+        text = html.escape(text)
+        return re.sub(r"`([^`]+)`", r"<code>\1</code>", re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text))
+
+    body = []
+    for kind, *rest in blocks:
+        if kind in ("h1", "h2", "p"):
+            body.append(f"<{kind}>{inline(rest[0])}</{kind}>")
+        elif kind == "img":
+            body.append(f'<img src="{html.escape(rest[0])}" alt="{html.escape(rest[1])}">')
+        else:
+            header, rows = rest
+            body.append("<table><tr>" + "".join(f"<th>{inline(h)}</th>" for h in header) + "</tr>"
+                        + "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rows)
+                        + "</table>")
+    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}"
+             "img{max-width:100%}p b{font-size:1.15em}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>largebatch report</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def write_report(runs_dir: str | Path, out: str | Path | None = None, tolerance: float = 0.005) -> Path:
+    """report.md, report.html and their PNG figures in `out` (default: `runs_dir`); returns report.md."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise UserError(f"{runs_dir} is not a folder of sweeps")
+    out = Path(out or runs_dir)
+    blocks = build(runs_dir, out, tolerance)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.html").write_text(to_html(blocks))
+    (out / "report.md").write_text(to_markdown(blocks))
+    return out / "report.md"

@@ -1,0 +1,101 @@
+"""`largebatch report` on a hand-made runs folder: the numbers in the tables and the verdict."""
+import dataclasses
+import json
+import os
+
+import pytest
+
+from largebatch.cli import main
+from largebatch.config import Config
+
+BATCH = """name: batch_size
+program: recipes/fashion_mnist.py
+method: grid
+parameters:
+  global-batch: {values: [256, 512, 1024, 2048]}
+  seed: {values: [0, 1]}
+"""
+WARMUP = """name: warmup
+program: recipes/fashion_mnist.py
+method: grid
+parameters:
+  warmup: {values: [none, constant, gradual]}
+  seed: {values: [0, 1]}
+  global-batch: {value: 1024}
+"""
+
+
+def _run(folder, errors, status="finished", **config):
+    """A run folder whose evaluations at epochs 1..6 end with `errors` (the last ones, in order)."""
+    folder.mkdir(parents=True)
+    b = config["global_batch"]
+    config = dict(dataclasses.asdict(Config(epochs=6, warmup_epochs=1)), dataset="fashion-mnist",
+                  peak_lr=0.1 * b / 256, **config)
+    (folder / "config.json").write_text(json.dumps(config))
+    epochs = [1, 2, 3, 4, 5, 6][: 6 - len(errors)] + [6 - 0.15 * (len(errors) - 1 - i) for i in range(len(errors))]
+    rows = [dict(step=0, epoch=0.1, lr=0.1, loss=2.0, examples=b)]
+    rows += [dict(epoch=e, train_error=0.5 - 0.05 * i, test_error=err, test_loss=1.0)
+             for i, (e, err) in enumerate(zip(epochs, [0.5] * (6 - len(errors)) + errors))]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "summary.json").write_text(json.dumps(dict(status=status)))
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = tmp_path / "sweeps"
+    (root / "batch_size").mkdir(parents=True)
+    (root / "batch_size/sweep.yaml").write_text(BATCH)
+    finals = {256: ([0.099, 0.100, 0.130], [0.102]),  # seed 0: median of the last 1/18 of training = 0.100
+              512: ([0.103], [0.105]), 1024: ([0.104], [0.106]), 2048: ([0.120], [0.124])}
+    for b, per_seed in finals.items():
+        for seed, errors in enumerate(per_seed):
+            _run(root / f"batch_size/global-batch={b},seed={seed}", errors, global_batch=b, seed=seed)
+    (root / "warmup").mkdir()
+    (root / "warmup/sweep.yaml").write_text(WARMUP)
+    for seed, err in enumerate([0.13, 0.15]):
+        _run(root / f"warmup/seed={seed},warmup=none", [err], global_batch=1024, seed=seed, warmup="none")
+    _run(root / "warmup/seed=0,warmup=constant", [0.20], global_batch=1024, warmup="constant")
+    _run(root / "warmup/seed=1,warmup=constant", [0.9], "diverged", global_batch=1024, seed=1, warmup="constant")
+    for seed in (0, 1):  # as `largebatch sweep` shares a finished run between sweeps
+        os.symlink(f"../batch_size/global-batch=1024,seed={seed}", root / f"warmup/seed={seed},warmup=gradual")
+    return root
+
+
+def test_report_numbers(runs, tmp_path, capsys):
+    out = tmp_path / "report"
+    main(["report", str(runs), "--out", str(out)])
+    md = (out / "report.md").read_text()
+    # Baseline 10.10 ± 0.14 (seed 0 is the median 0.100, not its last 0.130); band max(2 x 0.14, 0.5) = 0.50.
+    assert ("Setting: 6 epochs; η = 0.1 × B / 256; gradual warmup over 1 epochs when B > 256; step decay; "
+            "BatchNorm ghost n = 32; weight decay 0.0001.") in md
+    assert ("**Linear scaling + warmup holds up to B = 1024**: 10.50 ± 0.14% test error against the B = 256 "
+            "baseline (10.10 ± 0.14% test error), within 0.50 points. At B = 2048 it breaks: 12.20 ± 0.28% "
+            "(+2.10 points).") in md
+    assert "| baseline | 256 | 0.1 | 10.10 ± 0.14 | +0.00 | 25.00 | 2 |" in md
+    assert "|  | 512 | 0.2 | 10.40 ± 0.14 | +0.30 | 25.00 | 2 |" in md
+    assert "|  | 2k | 0.8 | 12.20 ± 0.28 | +2.10 | 25.00 | 2 |" in md
+    # The warmup table in the paper's form: the baseline row first, then each warmup at B = 1k.
+    assert "## Warmup at B = 1k" in md
+    assert "| baseline | 256 | 0.1 |  | 10.10 ± 0.14 | +0.00 | 25.00 | 2 |" in md
+    assert "|  | 1k | 0.4 | none | 14.00 ± 1.41 | +3.90 | 25.00 | 2 |" in md
+    assert "|  | 1k | 0.4 | constant | 20.00 (1 of 2 diverged) | +9.90 | 25.00 | 2 |" in md
+    assert "|  | 1k | 0.4 | gradual | 10.50 ± 0.14 | +0.40 | 25.00 | 2 |" in md
+    for png in ("error_vs_batch.png", "curves_batch_size.png", "curves_warmup.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"({png})" in md
+    html = (out / "report.html").read_text()
+    assert "<b>Linear scaling + warmup holds up to B = 1024</b>" in html
+    assert '<img src="error_vs_batch.png"' in html and "<td>14.00 ± 1.41</td>" in html
+
+
+def test_report_tolerance_moves_the_limit(runs, tmp_path):
+    out = tmp_path / "strict"
+    main(["report", str(runs), "--out", str(out), "--tolerance", "0.1"])  # band = 2 std = 0.28 points
+    assert "holds up to B = 256**" in (out / "report.md").read_text()
+
+
+def test_report_on_a_folder_without_sweeps(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["report", str(tmp_path)])
+    assert exit.value.code == 2
+    assert "holds no sweep folders" in capsys.readouterr().err
