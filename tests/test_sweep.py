@@ -1,5 +1,6 @@
 """Sweep files: W&B's grid order, the repository's sweeps, malformed files, and a tiny sweep end to end."""
 import json
+import os
 import subprocess
 import sys
 
@@ -7,6 +8,8 @@ import pytest
 from conftest import ROOT
 
 from largebatch.cli import main
+from largebatch.config import Config
+from largebatch.engine import run_dir_of, uses_wandb
 from largebatch.sweep import load_sweep, plan
 
 SWEEPS = ROOT / "recipes/sweeps"
@@ -103,10 +106,11 @@ def test_malformed_sweep_is_one_line(text, expected, tmp_path, capsys, monkeypat
     assert not (tmp_path / "out").exists()  # nothing launched, nothing written
 
 
-def _sweep(*args, check=True):
+def _sweep(*args, check=True, **env):
     proc = subprocess.run([sys.executable, "-m", "largebatch.cli", "sweep", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600,
-                          env={**__import__("os").environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "2"})
+                          env={**{k: v for k, v in os.environ.items() if not k.startswith("WANDB_")},
+                               "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "2", **env})
     assert proc.returncode == 0 or not check, proc.stdout + proc.stderr
     return proc
 
@@ -139,9 +143,21 @@ def test_tiny_sweep_runs_skips_resumes_and_reuses(tmp_path, fmnist_dir):
     again = _sweep(first, "--out", out).stdout
     assert "global-batch=128: already finished" in again
     assert "resuming from" in again and "global-batch=256: finished" in again
-    # Another sweep sharing a finished run reuses it instead of training it again.
+    # Another sweep sharing a finished run reuses it instead of training it again; its new run logs to
+    # W&B when asked, offline without a key.
     other = _write(tmp_path, TINY.format(name="other", batches=[256, 512]), "other.yaml")
-    shared = _sweep(other, "--out", out).stdout
+    shared = _sweep(other, "--out", out, "--report-to", "wandb", HOME=str(tmp_path / "home")).stdout
     assert "global-batch=256: the same run finished as" in shared
     assert (out / "other/global-batch=256").resolve() == (out / "tiny/global-batch=256").resolve()
     assert (out / "other/global-batch=512/summary.json").is_file()
+    assert len(list((out / "other/global-batch=512/wandb").glob("offline-run-*"))) == 1
+
+
+def test_under_a_wandb_agent_runs_log_to_its_sweep(monkeypatch):
+    cfg = Config()
+    monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
+    assert not uses_wandb(cfg) and str(run_dir_of(cfg, "fashion-mnist")) == "runs/fashion-mnist-B256-seed0"
+    monkeypatch.setenv("WANDB_SWEEP_ID", "abc123")
+    monkeypatch.setenv("WANDB_RUN_ID", "run7")
+    assert uses_wandb(cfg) and str(run_dir_of(cfg, "fashion-mnist")) == "runs/wandb-sweep-abc123/run7"
+    assert str(run_dir_of(Config(run_dir="here"), "fashion-mnist")) == "here"
