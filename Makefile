@@ -1,5 +1,6 @@
 # make demo: set up on a fresh Debian machine and train Fashion-MNIST at B=256 and B=4096 (emulated).
 # make test: set up and run the test suite.
+# make results: run the Fashion-MNIST sweeps and write their report to docs/results/fashion-mnist.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test results clean
 
 setup: $(STAMP) $(FMNIST)
 
@@ -27,6 +28,13 @@ demo: setup
 	$(BIN)/python recipes/fashion_mnist.py --global-batch 4096 --micro-batch 256 --warmup gradual \
 		--run-dir runs/demo-B4096 --resume
 	$(BIN)/largebatch compare runs/demo-B256 runs/demo-B4096 --plot runs/demo.png
+
+# The Fashion-MNIST sweeps (two 1-thread jobs at a time on a 2-core CPU) and their report.
+SWEEPS := batch_size warmup batchnorm weight_decay lr_sensitivity
+JOBS ?= 2
+results: setup
+	for s in $(SWEEPS); do $(BIN)/largebatch sweep recipes/sweeps/$$s.yaml --out runs/sweeps --jobs $(JOBS) || exit 1; done
+	$(BIN)/largebatch report runs/sweeps --out docs/results/fashion-mnist
 
 test: setup
 	$(BIN)/python -m pytest -q
