@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
+from . import plan
 from .errors import UserError
 from .metrics import read_metrics
 from .plots import training_curves
@@ -33,6 +35,24 @@ def compare(run_dirs: list[str], plot: str) -> str:
     return "\n".join([header, *rows, f"training curves: {plot}"])
 
 
+def run_plan(args) -> str:
+    w, net = plan.load_calibration(args.calibration) if args.calibration else (plan.PAPER_WORKLOAD, plan.PAPER_NETWORK)
+    if args.overlap is not None:
+        if not 0 <= args.overlap <= 1:
+            raise UserError(f"--overlap {args.overlap} must be between 0 and 1")
+        w = dataclasses.replace(w, overlap=args.overlap)
+    try:
+        workers = [int(x) for x in args.workers.split(",")]
+    except ValueError:
+        raise UserError(f"--workers {args.workers!r} must be comma-separated whole numbers, e.g. 8,64,256") from None
+    if not workers or min(workers) < 1:
+        raise UserError(f"--workers {args.workers!r} must be positive")
+    reference = min(workers) if args.calibration else 8
+    rows = {a: plan.table(w, net, workers, a, reference) for a in plan.ALGORITHMS}
+    out = plan.plot(rows, Path(args.plot))
+    return plan.report(w, net, workers, args.algorithm, reference) + f"\nplot (all three algorithms): {out}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="largebatch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -52,6 +72,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tolerance", type=float, default=0.5,
                    help="percentage points a batch size may exceed the baseline's mean error by and still hold "
                         "(the band is the larger of this and 2 std of the baseline)")
+    p = sub.add_parser("plan", help="time per iteration, epoch and training run on W workers, from a network model")
+    p.add_argument("--calibration", help="JSON from benchmarks/allreduce.py: this machine's measured costs "
+                                         "(default: the paper's P100 servers and 50 Gbit/s Ethernet)")
+    p.add_argument("--algorithm", default="hierarchical", choices=plan.ALGORITHMS)
+    p.add_argument("--overlap", type=float, help="fraction of backprop the all-reduce can hide behind (default 1)")
+    p.add_argument("--workers", default="8,16,32,64,128,256,512,1024", help="comma-separated W")
+    p.add_argument("--plot", default="runs/plan.png", help="where to draw time to train and efficiency against W")
     args = parser.parse_args(argv)
     try:
         if args.command == "compare":
@@ -61,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
             if failed:
                 raise UserError(f"{failed} run(s) failed; their errors are above (or in their train.log); "
                                 f"rerun the same command to retry them")
+        elif args.command == "plan":
+            print(run_plan(args))
         elif args.command == "report":
             print(f"wrote {write_report(args.runs_dir, args.out, args.tolerance / 100)} (and report.html)")
     except UserError as e:
