@@ -1,5 +1,6 @@
 # make demo: set up on a fresh Debian machine and train Fashion-MNIST at B=256 and B=4096 (emulated).
 # make test: set up and run the test suite.
+# make bench: engine-vs-bare throughput and all-reduce costs on this machine (runs/bench).
 # make results: run the Fashion-MNIST sweeps and write their report to docs/results/fashion-mnist.
 PY ?= python3
 VENV := .venv
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test results clean
+.PHONY: setup demo test results bench clean
 
 setup: $(STAMP) $(FMNIST)
 
@@ -35,6 +36,10 @@ JOBS ?= 2
 results: setup
 	for s in $(SWEEPS); do $(BIN)/largebatch sweep recipes/sweeps/$$s.yaml --out runs/sweeps --jobs $(JOBS) || exit 1; done
 	$(BIN)/largebatch report runs/sweeps --out docs/results/fashion-mnist
+
+# Engine vs a bare PyTorch loop, all-reduce costs and the planner's calibration (runs/bench/).
+bench: setup
+	$(BIN)/python benchmarks/run.py --out runs/bench
 
 test: setup
 	$(BIN)/python -m pytest -q
