@@ -1,0 +1,72 @@
+"""The gradient noise scale B_simple = tr(Σ) / |G|² (McCandlish et al. 2018, appendix A).
+
+Σ is the covariance of one example's gradient and G the true gradient. From the squared norm of a
+gradient over b_small examples and of one over b_big examples (the same step's micro-batch and full
+batch), these two are unbiased:
+
+    |G|²  ≈ (b_big·|G_big|² − b_small·|G_small|²) / (b_big − b_small)
+    tr(Σ) ≈ (|G_small|² − |G_big|²) / (1/b_small − 1/b_big)
+
+Each is noisy, so each is smoothed by an exponential moving average before the ratio is taken. Training
+at batches well below B_simple wastes steps; well above it wastes examples: the critical batch.
+"""
+from __future__ import annotations
+
+import math
+
+
+def unbiased(small_sq: float, b_small: int, big_sq: float, b_big: int) -> tuple[float, float]:
+    """(tr(Σ), |G|²) estimated from one pair of squared gradient norms."""
+    if not 0 < b_small < b_big:
+        raise ValueError(f"need 0 < b_small < b_big, got {b_small}, {b_big}")
+    g_sq = (b_big * big_sq - b_small * small_sq) / (b_big - b_small)
+    trace = (small_sq - big_sq) / (1 / b_small - 1 / b_big)
+    return trace, g_sq
+
+
+class NoiseScale:
+    """Bias-corrected moving averages of tr(Σ) and |G|², and their ratio B_simple."""
+
+    def __init__(self, decay: float = 0.95):
+        self.decay = decay
+        self.trace = self.g_sq = 0.0
+        self.updates = 0
+
+    def update(self, small_sq: float, b_small: int, big_sq: float, b_big: int) -> None:
+        trace, g_sq = unbiased(small_sq, b_small, big_sq, b_big)
+        self.trace = self.decay * self.trace + (1 - self.decay) * trace
+        self.g_sq = self.decay * self.g_sq + (1 - self.decay) * g_sq
+        self.updates += 1
+
+    def estimates(self) -> tuple[float, float]:
+        """(tr(Σ), |G|²), corrected for the averages' start at zero."""
+        if not self.updates:
+            return math.nan, math.nan
+        correction = 1 - self.decay ** self.updates
+        return self.trace / correction, self.g_sq / correction
+
+    @property
+    def b_simple(self) -> float:
+        trace, g_sq = self.estimates()
+        return trace / g_sq if g_sq > 0 else math.inf
+
+    def state(self) -> list[float]:
+        return [self.trace, self.g_sq, float(self.updates)]
+
+    def load(self, state: list[float]) -> None:
+        self.trace, self.g_sq, self.updates = state[0], state[1], int(state[2])
+
+
+def adascale_gain(trace: float, g_sq: float, base_batch: int, scale: float) -> float:
+    """AdaScale's gain r = (σ² + μ²) / (σ²/S + μ²) (Johnson et al. 2020) for a batch S times `base_batch`.
+
+    σ² = tr(Σ)/base_batch is the variance of one base-batch gradient and μ² = |G|². r is 1 at S = 1,
+    approaches S when noise dominates (the linear scaling rule) and 1 when it does not. Estimates that
+    noise makes meaningless (negative) are clamped into [1, S].
+    """
+    if scale <= 1:
+        return 1.0
+    var, mu_sq = max(trace, 0.0) / base_batch, max(g_sq, 0.0)
+    if var + mu_sq == 0 or math.isnan(var + mu_sq):
+        return 1.0
+    return min(max((var + mu_sq) / (var / scale + mu_sq), 1.0), scale)

@@ -1,0 +1,59 @@
+"""The noise-scale estimator on linear regression, where tr(Σ) and |G|² are known in closed form."""
+import math
+
+import pytest
+import torch
+
+from largebatch.noise import NoiseScale, unbiased
+
+
+def test_recovers_trace_and_gradient_norm_of_linear_regression():
+    # Loss ½(x·w − y)², x ~ N(0, I_d), y = x·w* + ε, ε ~ N(0, s²), evaluated at w = w* + δ:
+    # one example's gradient g = x xᵀδ − x ε, so G = δ and Σ = δδᵀ + (|δ|² + s²) I (Gaussian fourth moments):
+    # tr(Σ) = |δ|² + d(|δ|² + s²), |G|² = |δ|².
+    torch.manual_seed(0)
+    d, s, b_small, b_big, trials = 8, 1.5, 16, 256, 3000
+    delta = torch.randn(d) * 0.5
+    true_trace = delta.dot(delta) + d * (delta.dot(delta) + s ** 2)
+    true_g_sq = delta.dot(delta)
+    x = torch.randn(trials, b_big, d, dtype=torch.float64)
+    eps = torch.randn(trials, b_big, dtype=torch.float64) * s
+    g = x * ((x @ delta.double()) - eps).unsqueeze(-1)  # per-example gradients
+    small_sq = g[:, :b_small].mean(1).pow(2).sum(1)
+    big_sq = g.mean(1).pow(2).sum(1)
+    est = NoiseScale(decay=0.999)
+    for a, b in zip(small_sq.tolist(), big_sq.tolist()):
+        est.update(a, b_small, b, b_big)
+    trace, g_sq = est.estimates()
+    assert trace == pytest.approx(true_trace.item(), rel=0.05)
+    assert g_sq == pytest.approx(true_g_sq.item(), rel=0.05)
+    assert est.b_simple == pytest.approx((true_trace / true_g_sq).item(), rel=0.08)
+
+
+def test_unbiased_on_exact_expectations():
+    # E|G_b|² = |G|² + tr(Σ)/b exactly: the estimators invert it.
+    trace, g_sq = 40.0, 2.0
+    assert unbiased(g_sq + trace / 8, 8, g_sq + trace / 64, 64) == pytest.approx((trace, g_sq))
+    with pytest.raises(ValueError):
+        unbiased(1.0, 64, 1.0, 64)
+
+
+def test_bias_correction_and_state_round_trip():
+    est = NoiseScale(decay=0.9)
+    assert math.isnan(est.estimates()[0])
+    est.update(2.0 + 40 / 8, 8, 2.0 + 40 / 64, 64)
+    assert est.estimates() == pytest.approx((40.0, 2.0))  # one update: no shrinkage toward 0
+    again = NoiseScale(decay=0.9)
+    again.load(est.state())
+    assert again.b_simple == est.b_simple == pytest.approx(20.0)
+
+
+def test_adascale_gain_is_one_at_one_worker_and_at_most_the_scale():
+    from largebatch.noise import adascale_gain
+    assert adascale_gain(trace=100.0, g_sq=1.0, base_batch=32, scale=1) == 1.0
+    assert adascale_gain(trace=1e9, g_sq=1e-9, base_batch=32, scale=16) == pytest.approx(16, rel=1e-6)  # all noise
+    assert adascale_gain(trace=0.0, g_sq=1.0, base_batch=32, scale=16) == 1.0  # no noise: no gain
+    # σ² = 64/32 = 2, μ² = 2, S = 4: (2 + 2) / (0.5 + 2) = 1.6
+    assert adascale_gain(trace=64.0, g_sq=2.0, base_batch=32, scale=4) == pytest.approx(1.6)
+    for trace, g_sq in [(-5.0, 1.0), (5.0, -1.0), (float("nan"), 1.0)]:
+        assert 1.0 <= adascale_gain(trace, g_sq, 32, 8) <= 8.0
