@@ -41,6 +41,11 @@ class Config:
     weight_decay: float = _opt(1e-4, "weight decay on conv/linear weights (never on BN or biases)")
     wd_scaling: str = _opt("none", "'inverse' scales weight decay by base_batch/global_batch: an ablation of "
                            "a popular misreading, not the paper", ["none", "inverse"])
+    optimizer: str = _opt("sgd", "sgd: the paper's; lars: layer-wise trust ratios (You et al. 2017; not on BN or "
+                          "biases); adascale: the rate's gain over --base-lr from measured gradient noise (Johnson "
+                          "et al. 2020), instead of linear scaling and warmup", ["sgd", "lars", "adascale"])
+    lars_trust: float = _opt(0.001, "LARS trust coefficient: each layer's step is at most this times its weight norm "
+                             "times the rate")
     momentum_form: str = _opt("torch", "torch: u=m*u+g, w-=lr*u; paper: eq. 10 with momentum correction",
                               ["torch", "paper"])
     # What to train on.
@@ -81,12 +86,15 @@ class Config:
         if unknown:
             raise UserError(f"--allow-change names unknown options {', '.join(sorted(unknown))}; use option "
                             f"names such as global_batch,epochs (or dataset)")
-        if self.warmup != "none" and self.global_batch > self.base_batch and self.warmup_epochs >= self.epochs:
+        if (self.warmup != "none" and self.optimizer != "adascale" and self.global_batch > self.base_batch
+                and self.warmup_epochs >= self.epochs):
             raise UserError(f"--warmup-epochs {self.warmup_epochs} must be shorter than --epochs {self.epochs}")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise UserError(f"--{_flag(f.name)} {getattr(self, f.name)!r} is not one of {', '.join(choices)}")
+        if self.optimizer == "lars" and self.momentum_form == "paper":
+            raise UserError("--momentum-form paper applies to --optimizer sgd; LARS has its own update")
         if self.bn == "ghost" and self.micro_batch % self.bn_batch:
             raise UserError(f"--micro-batch {self.micro_batch} is not a multiple of --bn-batch {self.bn_batch}: "
                             f"ghost BatchNorm needs whole groups; use a micro-batch that is a multiple of it")

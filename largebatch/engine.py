@@ -20,6 +20,7 @@ from . import checkpoint
 from .config import Config
 from .errors import UserError
 from .metrics import MetricsLog, write_summary
+from .noise import NoiseScale, adascale_gain
 from .optim import build_optimizer
 from .schedule import Schedule, lr_at
 from .sharding import epoch_order, micro_batches
@@ -65,6 +66,9 @@ def make_accelerator(cfg: Config) -> Accelerator:
     return accelerator
 
 
+NOISE_DECAY = 0.95  # moving average of the noise estimates over about 20 optimizer steps
+
+
 def uses_wandb(cfg: Config) -> bool:
     """--report-to wandb, or launched by `wandb agent` (it sets WANDB_SWEEP_ID): log to that sweep."""
     return cfg.report_to == "wandb" or bool(os.environ.get("WANDB_SWEEP_ID"))
@@ -108,26 +112,35 @@ def _epoch_batches(cfg, data, num_train, epoch, first_step, rank, world_size, ac
 
 
 def _accumulated_step(accelerator, model, optimizer, batches, accumulation, check_gradients) -> torch.Tensor:
-    """One optimizer step over `accumulation` micro-batches: [loss sum, wrong, examples] on this rank.
+    """One optimizer step over `accumulation` micro-batches, on this rank:
+    [loss sum, wrong, examples, |first micro-batch's gradient|², |whole batch's gradient|²].
 
     Accelerate's `accumulate` skips the all-reduce and the optimizer step until the last micro-batch;
     `accelerator.backward` divides each micro-batch's mean loss by the accumulation steps, so the
-    update is the gradient of the mean loss over all B examples.
+    update is the gradient of the mean loss over all B examples. The two squared norms feed the noise
+    scale: the first micro-batch's gradient is still local (not yet all-reduced) when accumulating.
     """
-    stats = torch.zeros(3, device=accelerator.device)
-    for _ in range(accumulation):
+    stats = torch.zeros(5, device=accelerator.device)
+    for a in range(accumulation):
         x, y = (t.to(accelerator.device, non_blocking=True) for t in next(batches))
         with accelerator.accumulate(model):
             out = model(x)
             loss = F.cross_entropy(out, y)
             accelerator.backward(loss)
+            if a == 0 and accumulation > 1:
+                stats[3] = accumulation ** 2 * _grad_sq(model)
             if accelerator.sync_gradients:
-                check_gradients()
+                stats[4] = check_gradients()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        stats += torch.stack([loss.detach().float() * len(y), (out.argmax(1) != y).sum().float(),
-                              torch.tensor(float(len(y)), device=x.device)])
+        stats[:3] += torch.stack([loss.detach().float() * len(y), (out.argmax(1) != y).sum().float(),
+                                  torch.tensor(float(len(y)), device=x.device)])
     return stats
+
+
+def _grad_sq(model) -> torch.Tensor:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads).float() ** 2 if grads else torch.zeros(())
 
 
 def _loader(cfg, fetch, index_lists):
@@ -167,11 +180,13 @@ def _divergence(what: str, step: int, lr: float, cfg: Config, sched: Schedule, c
     return f"training diverged: {what} is not finite at step {step}, learning rate {lr:.4g}; likely cause: {cause}{last}"
 
 
-def _check_finite(model, step, lr, cfg, sched, ckpt_dir) -> None:
-    """Stop before an optimizer step with non-finite gradients (identical on every rank after all-reduce)."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+def _check_finite(model, step, lr, cfg, sched, ckpt_dir) -> torch.Tensor:
+    """The all-reduced gradient's squared norm; stops before an optimizer step if it is not finite
+    (identical on every rank after all-reduce)."""
+    sq = _grad_sq(model)
+    if not torch.isfinite(sq):
         raise Diverged(_divergence("the gradient", step, lr, cfg, sched, ckpt_dir))
+    return sq
 
 
 def _resume_point(cfg: Config, ckpt_dir: Path, data_id: dict) -> tuple[Path | None, dict]:
@@ -212,9 +227,16 @@ def _train(cfg, data, model, dataset, accelerator):
     steps_per_epoch = num_train // cfg.global_batch
     if steps_per_epoch == 0:
         raise UserError(f"--global-batch {cfg.global_batch} is larger than the {num_train} training examples")
+    # AdaScale's gain replaces linear scaling and warmup; the decay schedule stays.
     sched = Schedule(cfg.base_lr, cfg.base_batch, cfg.global_batch, steps_per_epoch, cfg.epochs,
-                     cfg.warmup, cfg.warmup_epochs, cfg.schedule)
+                     "none" if cfg.optimizer == "adascale" else cfg.warmup, cfg.warmup_epochs, cfg.schedule)
     accelerator.print(run_header(cfg, W, micro, A, sched))
+    deepspeed = accelerator.state.deepspeed_plugin is not None
+    # The noise scale needs a gradient over part of the batch: the first micro-batch's, so accumulation.
+    noise = NoiseScale(NOISE_DECAY) if A > 1 and not deepspeed else None
+    if cfg.optimizer == "adascale" and noise is None:
+        raise UserError(f"--optimizer adascale measures gradient noise from micro-batches, so it needs gradient "
+                        f"accumulation (now {A}) and no DeepSpeed; use a smaller --micro-batch")
     if cfg.dry_run:
         return {}
     if cfg.bn == "sync" and W == 1:
@@ -229,9 +251,9 @@ def _train(cfg, data, model, dataset, accelerator):
     ckpt_dir = run_dir / "checkpoints"
     data_id = dict(name=dataset, num_train=num_train, num_classes=data.num_classes)
     resume_from, progress = _resume_point(cfg, ckpt_dir, data_id)
-    info = dict(dataclasses.asdict(cfg), dataset=dataset, world_size=W, micro_batch_used=micro, accumulation_steps=A, peak_lr=sched.peak_lr,
-                warmup_steps=sched.warmup_steps, total_steps=sched.total_steps,
-                steps_per_epoch=steps_per_epoch)
+    info = dict(dataclasses.asdict(cfg), dataset=dataset, world_size=W, micro_batch_used=micro,
+                accumulation_steps=A, peak_lr=sched.peak_lr, warmup_steps=sched.warmup_steps,
+                total_steps=sched.total_steps, steps_per_epoch=steps_per_epoch)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(info, indent=2))
@@ -241,7 +263,7 @@ def _train(cfg, data, model, dataset, accelerator):
         accelerator.init_trackers(cfg.wandb_project, config=info, init_kwargs={"wandb": {"name": run_dir.name}})
 
     optimizer = build_optimizer(cfg, model, lr_at(0, sched))
-    if accelerator.state.deepspeed_plugin is not None:
+    if deepspeed:
         # We prepare no dataloader, so DeepSpeed learns the micro-batch from us; no clipping: not the paper's.
         accelerator.state.deepspeed_plugin.deepspeed_config.update(
             train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=A, gradient_clipping=0.0)
@@ -259,6 +281,8 @@ def _train(cfg, data, model, dataset, accelerator):
                             f"({type(e).__name__}: {first})") from None
         start = min(progress["examples"] // cfg.global_batch, sched.total_steps)
         stats = torch.tensor(progress["train_stats"], device=accelerator.device)
+        if noise is not None and progress.get("noise"):
+            noise.load(progress["noise"])
         accelerator.print(f"resuming from {resume_from} at step {start}")
     elif cfg.resume:
         accelerator.print(f"no checkpoint in {ckpt_dir}; starting from step 0")
@@ -276,17 +300,25 @@ def _train(cfg, data, model, dataset, accelerator):
             epoch, s = divmod(step, steps_per_epoch)
             if batches is None or s == 0:
                 batches = _epoch_batches(cfg, data, num_train, epoch, s, rank, W, A)
-            lr = lr_at(step, sched)
+            lr, row = lr_at(step, sched), {}
+            if cfg.optimizer == "adascale":
+                scale = cfg.global_batch / cfg.base_batch
+                row["gain"] = adascale_gain(*noise.estimates(), cfg.base_batch, scale) if noise.updates else 1.0
+                lr = lr * row["gain"] / scale if scale > 1 else lr
             for group in optimizer.param_groups:
                 group["lr"] = lr
             check = functools.partial(_check_finite, model, step, lr, cfg, sched, ckpt_dir)
             step_stats = accelerator.reduce(_accumulated_step(accelerator, model, optimizer, batches, A, check), "sum")
-            stats += step_stats
+            stats += step_stats[:3]
             step_loss = (step_stats[0] / step_stats[2]).item()
             if not math.isfinite(step_loss):
                 raise Diverged(_divergence("the loss", step, lr, cfg, sched, ckpt_dir))
+            if noise is not None:
+                small_sq, big_sq = (step_stats[3:] / W).tolist()  # mean over ranks; big_sq is the same on all
+                noise.update(small_sq, micro, big_sq, cfg.global_batch)
+                row.update(zip(("grad_var", "grad_sq"), noise.estimates()), noise_scale=noise.b_simple)
             log.log(dict(step=step, epoch=(step + 1) / steps_per_epoch, lr=lr, loss=step_loss,
-                         examples=(step + 1) * cfg.global_batch), step=step)
+                         examples=(step + 1) * cfg.global_batch, **row), step=step)
             bar.update(cfg.global_batch)
             bar.set_postfix(epoch=f"{(step + 1) / steps_per_epoch:.2f}", lr=f"{lr:.3g}", loss=f"{step_loss:.3f}",
                             refresh=False)  # the bar redraws every `mininterval`, not at every step
@@ -304,7 +336,7 @@ def _train(cfg, data, model, dataset, accelerator):
                 checkpoint.save(accelerator, ckpt_dir, done, dict(
                     step=done, examples=done * cfg.global_batch,
                     config=cfg.trajectory(), dataset=data_id, metrics_bytes=log.synced_size(),
-                    train_stats=stats.tolist()), cfg.keep_checkpoints)
+                    train_stats=stats.tolist(), noise=noise.state() if noise else None), cfg.keep_checkpoints)
     except Diverged as e:
         if accelerator.is_main_process:
             write_summary(run_dir, "diverged", message=str(e))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-from timm.optim import param_groups_weight_decay
+from timm.optim import Lars, param_groups_weight_decay
 
 from .config import Config
 
@@ -49,6 +49,9 @@ def weight_decay(cfg: Config) -> float:
 def build_optimizer(cfg: Config, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
     # timm's grouping puts every 1-D parameter (BN gamma/beta, biases) in a no-decay group.
     groups = param_groups_weight_decay(model, weight_decay(cfg))
+    if cfg.optimizer == "lars":
+        # timm's LARS adapts only groups with weight decay: the BN and bias group keeps plain SGD.
+        return Lars(groups, lr=lr, momentum=cfg.momentum, trust_coeff=cfg.lars_trust)
     if cfg.momentum_form == "paper":
         return PaperSGD(groups, lr=lr, momentum=cfg.momentum)
     return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)

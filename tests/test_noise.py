@@ -57,3 +57,22 @@ def test_adascale_gain_is_one_at_one_worker_and_at_most_the_scale():
     assert adascale_gain(trace=64.0, g_sq=2.0, base_batch=32, scale=4) == pytest.approx(1.6)
     for trace, g_sq in [(-5.0, 1.0), (5.0, -1.0), (float("nan"), 1.0)]:
         assert 1.0 <= adascale_gain(trace, g_sq, 32, 8) <= 8.0
+
+
+def test_runs_log_the_noise_scale_and_adascale_gain(tmp_path, fmnist_dir):
+    from conftest import ROOT, launch
+    from largebatch.metrics import read_metrics
+
+    run = tmp_path / "ada"
+    launch(ROOT / "recipes/fashion_mnist.py", ["--global-batch", 1024, "--micro-batch", 256, "--subset", 4096,
+                                               "--epochs", 1, "--optimizer", "adascale", "--run-dir", run])
+    steps, _ = read_metrics(run / "metrics.jsonl")
+    assert len(steps) == 4 and steps[0]["gain"] == 1.0  # no estimate before the first step
+    for row in steps:
+        assert 1.0 <= row["gain"] <= 4.0 and row["noise_scale"] > 0 and row["grad_sq"] > 0
+        assert math.isclose(row["noise_scale"], row["grad_var"] / row["grad_sq"], rel_tol=1e-9)
+    # No accumulation, no micro-batch gradient to compare: AdaScale is refused in one line.
+    out = launch(ROOT / "recipes/fashion_mnist.py", ["--global-batch", 256, "--micro-batch", 256, "--subset", 512,
+                                                     "--epochs", 1, "--optimizer", "adascale",
+                                                     "--run-dir", tmp_path / "one"], check=False)
+    assert out.returncode == 2 and "needs gradient accumulation (now 1)" in out.stderr

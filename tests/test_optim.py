@@ -1,7 +1,9 @@
+import pytest
 import torch
 from torch import nn
 
 from largebatch.config import Config
+from largebatch.errors import UserError
 from largebatch.models import build_model
 from largebatch.optim import PaperSGD, build_optimizer, weight_decay
 
@@ -52,3 +54,28 @@ def test_paper_form_equals_torch_at_constant_rate_even_without_correction():
     torch_sgd = _trajectory(lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), lrs)
     uncorrected = _trajectory(lambda p: PaperSGD(p, lr=0.05, momentum=0.9, correction=False), lrs)
     assert torch.allclose(uncorrected, torch_sgd, atol=1e-6)
+
+
+def test_lars_trust_ratio_by_hand_and_not_on_bn_or_bias():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 1, bias=True), torch.nn.BatchNorm1d(1))
+    cfg = Config(optimizer="lars", weight_decay=0.1, momentum=0.0, lars_trust=0.001)
+    opt = build_optimizer(cfg, model, lr=1.0)
+    lin, bn = model[0], model[1]
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[3.0, 4.0]]))  # |w| = 5
+        lin.bias.fill_(1.0)
+    lin.weight.grad = torch.tensor([[0.6, 0.8]])  # |g| = 1
+    lin.bias.grad = torch.tensor([0.5])
+    bn.weight.grad, bn.bias.grad = torch.tensor([0.25]), torch.tensor([0.125])
+    opt.step()
+    # trust = 0.001 * |w| / (|g| + wd * |w|) = 0.005 / 1.5; step = lr * trust * (g + wd * w) = trust * [0.9, 1.2]
+    trust = 0.001 * 5 / (1 + 0.1 * 5)
+    assert torch.allclose(lin.weight, torch.tensor([[3 - trust * 0.9, 4 - trust * 1.2]]), atol=1e-7)
+    # Biases and BN: no trust ratio, no weight decay: a plain SGD step of lr * g.
+    assert torch.allclose(lin.bias, torch.tensor([0.5]))
+    assert torch.allclose(bn.weight, torch.tensor([0.75])) and torch.allclose(bn.bias, torch.tensor([-0.125]))
+
+
+def test_lars_refuses_the_paper_momentum_form():
+    with pytest.raises(UserError, match="--momentum-form paper applies to --optimizer sgd"):
+        Config(optimizer="lars", momentum_form="paper").validate()
