@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import subprocess
 import sys
 from pathlib import Path
 
-from . import plan
+from . import noise, plan
 from .errors import UserError
 from .metrics import read_metrics
 from .plots import training_curves
@@ -33,6 +34,35 @@ def compare(run_dirs: list[str], plot: str) -> str:
     training_curves(list(map(Path, run_dirs)), labels, Path(plot))
     header = f"{'run':<28} {'B':>6} {'accum':>5} {'lr':>7} {'warmup':>8} {'epoch':>6} {'train %':>8} {'test %':>8}"
     return "\n".join([header, *rows, f"training curves: {plot}"])
+
+
+def run_noise(args) -> str:
+    """Run the recipe at a small batch with accumulation, then read its noise scale off metrics.jsonl."""
+    if args.global_batch % args.micro_batch or args.global_batch == args.micro_batch:
+        raise UserError(f"--global-batch {args.global_batch} must be a multiple of --micro-batch {args.micro_batch} "
+                        f"(at least 2x): the noise scale compares the micro-batch's gradient with the batch's")
+    if not Path(args.program).is_file():
+        raise UserError(f"--program {args.program} does not exist")
+    cmd = [sys.executable, args.program, f"--global-batch={args.global_batch}", f"--micro-batch={args.micro_batch}",
+           f"--epochs={args.epochs:g}", f"--warmup-epochs={args.epochs / 4:g}", f"--run-dir={args.run_dir}",
+           "--resume", *args.recipe_args]
+    print(" ".join(cmd), flush=True)
+    if subprocess.run(cmd).returncode:
+        raise UserError(f"the noise run failed (its error is above); fix it and rerun, it resumes in {args.run_dir}")
+    steps, evals = read_metrics(Path(args.run_dir) / "metrics.jsonl")
+    cfg = json.loads((Path(args.run_dir) / "config.json").read_text())
+    b_crit, rows = noise.critical_batch(steps)
+    if not rows:
+        raise UserError(f"{args.run_dir} logged no noise scale (it needs gradient accumulation)")
+    batch, lr = noise.recommend(b_crit, args.micro_batch, cfg["base_lr"], cfg["base_batch"])
+    lines = [f"{'epoch':>6} {'loss':>7} {'tr(Σ)':>10} {'|G|²':>10} {'B_simple':>9}"]
+    lines += [f"{r['epoch']:>6.2f} {r['loss']:>7.3f} {r['grad_var']:>10.4g} {r['grad_sq']:>10.4g} "
+              f"{r['noise_scale']:>9.0f}" for r in rows]
+    lines += [f"critical batch (B_simple over the last 10% of steps): {b_crit:.0f}. It grows as the loss falls, "
+              f"so a longer run's is larger.",
+              f"recommended: --global-batch {batch} --base-lr {cfg['base_lr']:g} (lr {lr:g} by linear scaling) with "
+              f"gradual warmup; past about {b_crit:.0f} a larger batch stops cutting the number of steps"]
+    return "\n".join(lines)
 
 
 def run_plan(args) -> str:
@@ -79,6 +109,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--overlap", type=float, help="fraction of backprop the all-reduce can hide behind (default 1)")
     p.add_argument("--workers", default="8,16,32,64,128,256,512,1024", help="comma-separated W")
     p.add_argument("--plot", default="runs/plan.png", help="where to draw time to train and efficiency against W")
+    p = sub.add_parser("noise", help="a short run at a small batch that measures the gradient noise scale and "
+                                     "recommends a global batch and learning rate")
+    p.add_argument("--program", default="recipes/fashion_mnist.py", help="the recipe to run")
+    p.add_argument("--global-batch", type=int, default=256)
+    p.add_argument("--micro-batch", type=int, default=32, help="the small batch whose gradient is compared")
+    p.add_argument("--epochs", type=float, default=1)
+    p.add_argument("--run-dir", default="runs/noise")
+    p.add_argument("recipe_args", nargs="*", help="more recipe options, after --: -- --subset 10000")
     args = parser.parse_args(argv)
     try:
         if args.command == "compare":
@@ -88,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
             if failed:
                 raise UserError(f"{failed} run(s) failed; their errors are above (or in their train.log); "
                                 f"rerun the same command to retry them")
+        elif args.command == "noise":
+            print(run_noise(args))
         elif args.command == "plan":
             print(run_plan(args))
         elif args.command == "report":

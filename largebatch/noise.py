@@ -70,3 +70,22 @@ def adascale_gain(trace: float, g_sq: float, base_batch: int, scale: float) -> f
     if var + mu_sq == 0 or math.isnan(var + mu_sq):
         return 1.0
     return min(max((var + mu_sq) / (var / scale + mu_sq), 1.0), scale)
+
+
+def critical_batch(steps: list[dict], tail: float = 0.1) -> tuple[float, list[dict]]:
+    """(B_simple averaged over the last `tail` of a run's steps, about ten rows over the run for a table)."""
+    rows = [r for r in steps if "noise_scale" in r and math.isfinite(r["noise_scale"])]
+    if not rows:
+        return math.nan, []
+    last = rows[-max(1, round(tail * len(rows))):]
+    every = max(1, len(rows) // 10)
+    return sum(r["noise_scale"] for r in last) / len(last), rows[every - 1::every]
+
+
+def recommend(b_simple: float, micro: int, base_lr: float, base_batch: int) -> tuple[int, float]:
+    """(global batch, learning rate): the largest power-of-two multiple of the micro-batch not above
+    B_simple (past it, larger batches stop cutting the number of steps), with the linearly scaled rate."""
+    batch = micro
+    while batch * 2 <= b_simple:
+        batch *= 2
+    return batch, base_lr * batch / base_batch

@@ -76,3 +76,32 @@ def test_runs_log_the_noise_scale_and_adascale_gain(tmp_path, fmnist_dir):
                                                      "--epochs", 1, "--optimizer", "adascale",
                                                      "--run-dir", tmp_path / "one"], check=False)
     assert out.returncode == 2 and "needs gradient accumulation (now 1)" in out.stderr
+
+
+def test_recommendation_is_the_largest_power_of_two_multiple_not_above_b_simple():
+    from largebatch.noise import critical_batch, recommend
+    assert recommend(544.0, 32, 0.1, 256) == (512, 0.2)
+    assert recommend(10.0, 32, 0.1, 256) == (32, 0.0125)  # never below one micro-batch
+    steps = [dict(step=i, noise_scale=float(i)) for i in range(100)] + [dict(epoch=1.0, test_error=0.1)]
+    b, rows = critical_batch(steps)
+    assert b == sum(range(90, 100)) / 10 and len(rows) == 10 and rows[-1]["step"] == 99
+
+
+def test_noise_command(tmp_path, fmnist_dir, capsys, monkeypatch):
+    import json
+    from conftest import ROOT
+
+    from largebatch.cli import main
+    from largebatch.noise import critical_batch, recommend
+    from largebatch.metrics import read_metrics
+
+    monkeypatch.chdir(ROOT)
+    main(["noise", "--global-batch", "256", "--micro-batch", "64", "--run-dir", str(tmp_path / "n"),
+          "--", "--subset", "2560"])
+    out = capsys.readouterr().out
+    steps, _ = read_metrics(tmp_path / "n/metrics.jsonl")
+    b, rows = critical_batch(steps)
+    batch, lr = recommend(b, 64, 0.1, 256)
+    assert f"critical batch (B_simple over the last 10% of steps): {b:.0f}." in out
+    assert f"recommended: --global-batch {batch} --base-lr 0.1 (lr {lr:g}" in out
+    assert json.loads((tmp_path / "n/config.json").read_text())["accumulation_steps"] == 4
