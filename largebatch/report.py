@@ -23,10 +23,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .errors import UserError  # noqa: E402
 from .metrics import read_metrics  # noqa: E402
+from .noise import critical_batch  # noqa: E402
 from .sweep import load_sweep  # noqa: E402
 
 TITLES = {"warmup": "Warmup", "bn": "BatchNorm statistics", "wd_scaling": "Weight decay",
-          "base_lr": "Learning-rate sensitivity", "momentum_form": "Momentum form"}
+          "base_lr": "Learning-rate sensitivity", "momentum_form": "Momentum form", "optimizer": "Optimizer"}
 
 
 @dataclasses.dataclass
@@ -35,6 +36,7 @@ class Run:
     config: dict
     status: str  # finished | diverged | unfinished
     evals: list[dict]
+    b_simple: float = math.nan  # the noise scale over the run's last 10% of steps (runs with accumulation)
 
     @property
     def error(self) -> float:
@@ -64,6 +66,11 @@ class Group:
     @property
     def train_mean(self) -> float:
         return statistics.mean(r.evals[-1]["train_error"] for r in self.ok) if self.ok else math.nan
+
+    @property
+    def b_simple(self) -> float:
+        values = [r.b_simple for r in self.ok if math.isfinite(r.b_simple)]
+        return statistics.mean(values) if values else math.nan
 
     def cell(self) -> str:
         """Mean ± std in percent, as the paper's tables; diverged seeds said, not averaged in."""
@@ -95,12 +102,12 @@ class SweepResult:
 def load_run(folder: Path) -> Run | None:
     if not (folder / "config.json").is_file() or not (folder / "metrics.jsonl").is_file():
         return None
-    _, evals = read_metrics(folder / "metrics.jsonl")
+    steps, evals = read_metrics(folder / "metrics.jsonl")
     summary = folder / "summary.json"
     status = json.loads(summary.read_text())["status"] if summary.is_file() else "unfinished"
     if not evals and status != "diverged":
         return None
-    return Run(folder, json.loads((folder / "config.json").read_text()), status, evals)
+    return Run(folder, json.loads((folder / "config.json").read_text()), status, evals, critical_batch(steps)[0])
 
 
 def load_sweeps(runs_dir: Path) -> list[SweepResult]:
@@ -235,6 +242,12 @@ def build(runs_dir: Path, out: Path, tolerance: float = 0.005) -> list[tuple]:
     if bsweep is not None and base is not None:
         holds, breaks, band = scaling_limit(bsweep, base, tolerance)
         blocks += [("h2", "How far can I scale?"), ("p", _verdict(base, holds, breaks, band))]
+        measured = [g for g in bsweep.groups if math.isfinite(g.b_simple)]
+        if measured:
+            blocks.append(("p", "Gradient noise scale B_simple = tr(Σ)/|G|² at the end of training (McCandlish et "
+                                "al.'s estimate of the critical batch), measured in the runs with accumulation: "
+                                + ", ".join(f"{g.b_simple:.0f} at B = {_batch(g.label['global_batch'])}"
+                                            for g in measured) + "."))
         img = plot_error_vs_batch(bsweep, base, band, out / "error_vs_batch.png")
         blocks.append(("img", img.name, "test error against global minibatch size"))
     for sweep in sweeps:
@@ -266,15 +279,17 @@ def _sweep_section(sweep: SweepResult, base: Group | None, is_batch: bool, out: 
     batch = sweep.constant("global_batch")
     if batch is not None:
         title += f" at B = {_batch(batch)}"
+    noise = any(math.isfinite(g.b_simple) for g in sweep.groups)
     header = ["", "kn", "η", *[k.replace("_", "-") for k in sweep.varying if k != "global_batch"],
-              "test error %", "Δ vs baseline", "train error %", "seeds"]
+              "test error %", "Δ vs baseline", "train error %", "seeds"] + (["B_simple at end"] if noise else [])
     rows = []
     for g in ([base] if base is not None and not is_batch else []) + sweep.groups:
         cfg = g.runs[0].config
         rows.append(["baseline" if g is base else "", _batch(cfg["global_batch"]), f"{cfg['peak_lr']:.3g}",
                      *[str(cfg[k]) if g is not base else "" for k in sweep.varying if k != "global_batch"],
                      g.cell(), f"{100 * (g.mean - base.mean):+.2f}" if base is not None and g.ok else "",
-                     f"{100 * g.train_mean:.2f}" if g.ok else "", str(len(g.runs))])
+                     f"{100 * g.train_mean:.2f}" if g.ok else "", str(len(g.runs))]
+                    + ([f"{g.b_simple:.0f}" if math.isfinite(g.b_simple) else ""] if noise else []))
     img = plot_curves(sweep, base, out / f"curves_{sweep.name}.png")
     return [("h2", title), ("table", header, rows),
             ("img", img.name, f"training error over epochs, {sweep.name}, against the baseline")]
