@@ -31,7 +31,7 @@ demo: setup
 	$(BIN)/largebatch compare runs/demo-B256 runs/demo-B4096 --plot runs/demo.png
 
 # The Fashion-MNIST sweeps (two 1-thread jobs at a time on a 2-core CPU) and their report.
-SWEEPS := batch_size warmup batchnorm weight_decay lr_sensitivity
+SWEEPS := batch_size warmup batchnorm weight_decay lr_sensitivity beyond
 JOBS ?= 2
 results: setup
 	for s in $(SWEEPS); do $(BIN)/largebatch sweep recipes/sweeps/$$s.yaml --out runs/sweeps --jobs $(JOBS) || exit 1; done

@@ -44,8 +44,10 @@ class Config:
     optimizer: str = _opt("sgd", "sgd: the paper's; lars: layer-wise trust ratios (You et al. 2017; not on BN or "
                           "biases); adascale: the rate's gain over --base-lr from measured gradient noise (Johnson "
                           "et al. 2020), instead of linear scaling and warmup", ["sgd", "lars", "adascale"])
-    lars_trust: float = _opt(0.001, "LARS trust coefficient: each layer's step is at most this times its weight norm "
-                             "times the rate")
+    # You et al.'s 0.001 goes with LARS's own, much larger global rate; under the linear scaling rule's rate,
+    # 0.02 (apex LARC's default) keeps a layer's step in the range plain SGD takes.
+    lars_trust: float = _opt(0.02, "LARS trust coefficient: a layer's step is the rate times this times its weight "
+                             "norm (over its gradient norm plus weight decay)")
     momentum_form: str = _opt("torch", "torch: u=m*u+g, w-=lr*u; paper: eq. 10 with momentum correction",
                               ["torch", "paper"])
     # What to train on.

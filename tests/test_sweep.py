@@ -52,6 +52,7 @@ parameters:
     ("batchnorm", 3, {"bn": ["ghost", "micro", "sync"]}),
     ("weight_decay", 2, {"wd-scaling": ["none", "inverse"]}),
     ("lr_sensitivity", 3, {"base-lr": [0.05, 0.1, 0.2]}),
+    ("beyond", 3, {"optimizer": ["sgd", "lars", "adascale"]}),
     ("imagenet_batch_size", 30, {"global-batch": [256, 512, 1024, 2048, 4096, 8192], "seed": [0, 1, 2, 3, 4]}),
 ])
 def test_repository_sweeps(name, count, varying, tmp_path):
