@@ -58,7 +58,7 @@ def run_noise(args) -> str:
     lines = [f"{'epoch':>6} {'loss':>7} {'tr(Σ)':>10} {'|G|²':>10} {'B_simple':>9}"]
     lines += [f"{r['epoch']:>6.2f} {r['loss']:>7.3f} {r['grad_var']:>10.4g} {r['grad_sq']:>10.4g} "
               f"{r['noise_scale']:>9.0f}" for r in rows]
-    lines += [f"critical batch (B_simple over the last 10% of steps): {b_crit:.0f}. It grows as the loss falls, "
+    lines += [f"critical batch (B_simple at the peak learning rate): {b_crit:.0f}. It grows as the loss falls, "
               f"so a longer run's is larger.",
               f"recommended: --global-batch {batch} --base-lr {cfg['base_lr']:g} (lr {lr:g} by linear scaling) with "
               f"gradual warmup; past about {b_crit:.0f} a larger batch stops cutting the number of steps"]

@@ -72,14 +72,21 @@ def adascale_gain(trace: float, g_sq: float, base_batch: int, scale: float) -> f
     return min(max((var + mu_sq) / (var / scale + mu_sq), 1.0), scale)
 
 
-def critical_batch(steps: list[dict], tail: float = 0.1) -> tuple[float, list[dict]]:
-    """(B_simple averaged over the last `tail` of a run's steps, about ten rows over the run for a table)."""
-    rows = [r for r in steps if "noise_scale" in r and math.isfinite(r["noise_scale"])]
+def critical_batch(steps: list[dict]) -> tuple[float, list[dict]]:
+    """(the critical-batch estimate, about ten rows over the run for a table).
+
+    The estimate is B_simple averaged over the second half of the steps at the peak learning rate
+    (after warmup, before the first decay), where training makes most of its progress. After a decay
+    |G|² falls to the noise floor and B_simple grows without bound, as McCandlish et al. describe.
+    """
+    rows = [r for r in steps if "noise_scale" in r]
     if not rows:
         return math.nan, []
-    last = rows[-max(1, round(tail * len(rows))):]
+    peak = max(r["lr"] for r in rows)
+    at_peak = [r for r in rows if r["lr"] >= 0.999 * peak]
+    late = [r["noise_scale"] for r in at_peak[len(at_peak) // 2:] if math.isfinite(r["noise_scale"])]
     every = max(1, len(rows) // 10)
-    return sum(r["noise_scale"] for r in last) / len(last), rows[every - 1::every]
+    return (sum(late) / len(late) if late else math.nan), rows[every - 1::every]
 
 
 def recommend(b_simple: float, micro: int, base_lr: float, base_batch: int) -> tuple[int, float]:

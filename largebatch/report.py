@@ -36,7 +36,7 @@ class Run:
     config: dict
     status: str  # finished | diverged | unfinished
     evals: list[dict]
-    b_simple: float = math.nan  # the noise scale over the run's last 10% of steps (runs with accumulation)
+    b_simple: float = math.nan  # the noise scale at the peak rate (runs with accumulation log it)
 
     @property
     def error(self) -> float:
@@ -244,8 +244,8 @@ def build(runs_dir: Path, out: Path, tolerance: float = 0.005) -> list[tuple]:
         blocks += [("h2", "How far can I scale?"), ("p", _verdict(base, holds, breaks, band))]
         measured = [g for g in bsweep.groups if math.isfinite(g.b_simple)]
         if measured:
-            blocks.append(("p", "Gradient noise scale B_simple = tr(Σ)/|G|² at the end of training (McCandlish et "
-                                "al.'s estimate of the critical batch), measured in the runs with accumulation: "
+            blocks.append(("p", "Gradient noise scale B_simple = tr(Σ)/|G|² at the peak learning rate (McCandlish "
+                                "et al.'s estimate of the critical batch), measured in the runs with accumulation: "
                                 + ", ".join(f"{g.b_simple:.0f} at B = {_batch(g.label['global_batch'])}"
                                             for g in measured) + "."))
         img = plot_error_vs_batch(bsweep, base, band, out / "error_vs_batch.png")
@@ -281,7 +281,7 @@ def _sweep_section(sweep: SweepResult, base: Group | None, is_batch: bool, out: 
         title += f" at B = {_batch(batch)}"
     noise = any(math.isfinite(g.b_simple) for g in sweep.groups)
     header = ["", "kn", "η", *[k.replace("_", "-") for k in sweep.varying if k != "global_batch"],
-              "test error %", "Δ vs baseline", "train error %", "seeds"] + (["B_simple at end"] if noise else [])
+              "test error %", "Δ vs baseline", "train error %", "seeds"] + (["B_simple"] if noise else [])
     rows = []
     for g in ([base] if base is not None and not is_batch else []) + sweep.groups:
         cfg = g.runs[0].config

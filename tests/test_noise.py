@@ -82,9 +82,12 @@ def test_recommendation_is_the_largest_power_of_two_multiple_not_above_b_simple(
     from largebatch.noise import critical_batch, recommend
     assert recommend(544.0, 32, 0.1, 256) == (512, 0.2)
     assert recommend(10.0, 32, 0.1, 256) == (32, 0.0125)  # never below one micro-batch
-    steps = [dict(step=i, noise_scale=float(i)) for i in range(100)] + [dict(epoch=1.0, test_error=0.1)]
-    b, rows = critical_batch(steps)
-    assert b == sum(range(90, 100)) / 10 and len(rows) == 10 and rows[-1]["step"] == 99
+    # Warmup for 10 steps, the peak rate for 40, then a decay where the estimate blows up.
+    lrs = [0.1 * (1 + i / 10) for i in range(10)] + [0.2] * 40 + [0.02] * 50
+    steps = [dict(step=i, lr=lr, noise_scale=float(i) if i < 50 else math.inf) for i, lr in enumerate(lrs)]
+    b, rows = critical_batch(steps + [dict(epoch=1.0, test_error=0.1)])
+    assert b == sum(range(30, 50)) / 20  # the second half of the peak-rate steps
+    assert len(rows) == 10 and rows[-1]["step"] == 99
 
 
 def test_noise_command(tmp_path, fmnist_dir, capsys, monkeypatch):
@@ -102,6 +105,6 @@ def test_noise_command(tmp_path, fmnist_dir, capsys, monkeypatch):
     steps, _ = read_metrics(tmp_path / "n/metrics.jsonl")
     b, rows = critical_batch(steps)
     batch, lr = recommend(b, 64, 0.1, 256)
-    assert f"critical batch (B_simple over the last 10% of steps): {b:.0f}." in out
+    assert f"critical batch (B_simple at the peak learning rate): {b:.0f}." in out
     assert f"recommended: --global-batch {batch} --base-lr 0.1 (lr {lr:g}" in out
     assert json.loads((tmp_path / "n/config.json").read_text())["accumulation_steps"] == 4

@@ -35,7 +35,7 @@ def _run(folder, errors, status="finished", noise=None, **config):
     epochs = [1, 2, 3, 4, 5, 6][: 6 - len(errors)] + [6 - 0.15 * (len(errors) - 1 - i) for i in range(len(errors))]
     rows = [dict(step=0, epoch=0.1, lr=0.1, loss=2.0, examples=b)]
     if noise is not None:  # a run with accumulation logs the noise scale at each step
-        rows = [dict(rows[0], noise_scale=noise)]
+        rows = [dict(rows[0], noise_scale=noise)]  # the one step is at the peak rate
     rows += [dict(epoch=e, train_error=0.5 - 0.05 * i, test_error=err, test_loss=1.0)
              for i, (e, err) in enumerate(zip(epochs, [0.5] * (6 - len(errors)) + errors))]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -77,7 +77,7 @@ def test_report_numbers(runs, tmp_path, capsys):
     assert "| baseline | 256 | 0.1 | 10.10 ± 0.14 | +0.00 | 25.00 | 2 |  |" in md
     assert "|  | 512 | 0.2 | 10.40 ± 0.14 | +0.30 | 25.00 | 2 |  |" in md
     assert "|  | 2k | 0.8 | 12.20 ± 0.28 | +2.10 | 25.00 | 2 | 600 |" in md
-    assert "at the end of training (McCandlish et al.'s estimate of the critical batch), measured in the runs " \
+    assert "at the peak learning rate (McCandlish et al.'s estimate of the critical batch), measured in the runs " \
            "with accumulation: 600 at B = 2k." in md
     # The warmup table in the paper's form: the baseline row first, then each warmup at B = 1k.
     assert "## Warmup at B = 1k" in md
