@@ -30,11 +30,13 @@ demo: setup
 		--run-dir runs/demo-B4096 --resume
 	$(BIN)/largebatch compare runs/demo-B256 runs/demo-B4096 --plot runs/demo.png
 
-# The Fashion-MNIST sweeps (two 1-thread jobs at a time on a 2-core CPU) and their report.
+# The Fashion-MNIST sweeps (two 1-thread jobs at a time on a 2-core CPU), the noise scale, and the report.
 SWEEPS := batch_size warmup batchnorm weight_decay lr_sensitivity beyond
 JOBS ?= 2
 results: setup
 	for s in $(SWEEPS); do $(BIN)/largebatch sweep recipes/sweeps/$$s.yaml --out runs/sweeps --jobs $(JOBS) || exit 1; done
+	mkdir -p docs/results/fashion-mnist
+	TQDM_DISABLE=1 $(BIN)/largebatch noise --epochs 2 --run-dir runs/noise | tee docs/results/fashion-mnist/noise.txt
 	$(BIN)/largebatch report runs/sweeps --out docs/results/fashion-mnist
 
 # Engine vs a bare PyTorch loop, all-reduce costs and the planner's calibration (runs/bench/).
