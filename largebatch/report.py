@@ -263,8 +263,12 @@ def _verdict(base: Group, holds: Group | None, breaks: Group | None, band: float
     b0 = f"the B = {base.label['global_batch']} baseline ({base.cell()}% test error)"
     if holds is None:
         return f"**No batch size holds**: even the smallest is worse than {b0} by more than {100 * band:.2f} points."
-    text = (f"**Linear scaling + warmup holds up to B = {holds.label['global_batch']}**: {holds.cell()}% "
-            f"test error against {b0}, within {100 * band:.2f} points.")
+    if holds is base:
+        text = (f"**Linear scaling + warmup holds up to B = {holds.label['global_batch']}**, the baseline itself "
+                f"({base.cell()}% test error): no larger batch stays within {100 * band:.2f} points of it.")
+    else:
+        text = (f"**Linear scaling + warmup holds up to B = {holds.label['global_batch']}**: {holds.cell()}% "
+                f"test error against {b0}, within {100 * band:.2f} points.")
     if breaks is None:
         return text + " It holds at every batch size in the sweep: try larger ones to find the limit."
     if not breaks.ok:
