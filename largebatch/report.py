@@ -34,7 +34,7 @@ TITLES = {"warmup": "Warmup", "bn": "BatchNorm statistics", "wd_scaling": "Weigh
 class Run:
     folder: Path
     config: dict
-    status: str  # finished | diverged | unfinished
+    status: str  # finished | diverged
     evals: list[dict]
     b_simple: float = math.nan  # the noise scale at the peak rate (runs with accumulation log it)
 
@@ -102,9 +102,11 @@ class SweepResult:
 def load_run(folder: Path) -> Run | None:
     if not (folder / "config.json").is_file() or not (folder / "metrics.jsonl").is_file():
         return None
-    steps, evals = read_metrics(folder / "metrics.jsonl")
     summary = folder / "summary.json"
-    status = json.loads(summary.read_text())["status"] if summary.is_file() else "unfinished"
+    if not summary.is_file():
+        return None  # still running, or interrupted: `largebatch sweep` again finishes it
+    steps, evals = read_metrics(folder / "metrics.jsonl")
+    status = json.loads(summary.read_text())["status"]
     if not evals and status != "diverged":
         return None
     return Run(folder, json.loads((folder / "config.json").read_text()), status, evals, critical_batch(steps)[0])

@@ -106,3 +106,9 @@ def test_report_on_a_folder_without_sweeps(tmp_path, capsys):
         main(["report", str(tmp_path)])
     assert exit.value.code == 2
     assert "holds no sweep folders" in capsys.readouterr().err
+
+
+def test_report_leaves_out_unfinished_runs(runs, tmp_path):
+    (runs / "batch_size/global-batch=2048,seed=1/summary.json").unlink()  # still running
+    main(["report", str(runs), "--out", str(tmp_path / "r")])
+    assert "|  | 2k | 0.8 | 12.00 | +1.90 | 25.00 | 1 | 500 |" in (tmp_path / "r/report.md").read_text()
