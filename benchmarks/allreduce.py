@@ -70,7 +70,14 @@ def step_times(model_name: str, micro: int, repeats: int):
         out["loss"] = F.cross_entropy(model(x), y)
 
     fwd = timed(forward, repeats)
-    bwd = timed(lambda: (forward(), out["loss"].backward()), repeats) - fwd
+    bwd = []  # backward alone (a difference of two noisy timings can come out negative)
+    for _ in range(repeats + 1):
+        forward()
+        dist.barrier()
+        start = time.perf_counter()
+        out["loss"].backward()
+        bwd.append(time.perf_counter() - start)
+    bwd = statistics.median(bwd[1:])
     params = sum(p.numel() for p in model.parameters())
     buckets = math.ceil(4 * params / (25 * 2 ** 20))  # DDP's default 25 MB buckets
     return with_comm, without, alone, fwd, bwd, params, buckets
