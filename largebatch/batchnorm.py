@@ -8,7 +8,6 @@ ships this (SyncBatchNorm does the opposite), hence the module here.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
@@ -31,30 +30,12 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         if x.shape[0] % n:
             raise UserError(f"ghost BatchNorm got a batch of {x.shape[0]}, not a multiple of --bn-batch {n}")
-        N, C, H, W = x.shape
-        # A (groups, C, n, H, W) view: instance norm over its "spatial" dims (n, H, W) is exactly BN per
-        # group, in one fused kernel and without copying x.
-        xg = x.view(N // n, n, C, H, W).transpose(1, 2)
-        y = F.instance_norm(xg, weight=self.weight, bias=self.bias, eps=self.eps)
-        if self.track_running_stats:
-            self._update_running_stats(x.detach().view(N // n, n, C, H * W))
-        return y.transpose(1, 2).reshape(N, C, H, W)
-
-    @torch.no_grad()
-    def _update_running_stats(self, xg):
-        # Per-group sums are ~20x cheaper than var_mean over the strided view; float64 for the difference.
-        count = xg.shape[1] * xg.shape[3]
-        s1 = xg.sum(dim=3).sum(dim=1).double()
-        s2 = (xg * xg).sum(dim=3).sum(dim=1).double()
-        mean = s1 / count
-        var = (s2 - s1 * mean) / (count - 1)  # unbiased, as BatchNorm's running variance
-        groups, m = xg.shape[0], self.momentum if self.momentum is not None else 0.1
-        # r <- (1-m) r + m x_g for g = 0..G-1, in closed form.
-        w = m * (1 - m) ** torch.arange(groups - 1, -1, -1, dtype=torch.float64, device=mean.device)
-        decay = (1 - m) ** groups
-        self.running_mean.mul_(decay).add_((w[:, None] * mean).sum(0).to(self.running_mean.dtype))
-        self.running_var.mul_(decay).add_((w[:, None] * var).sum(0).to(self.running_var.dtype))
-        self.num_batches_tracked.add_(groups)
+        # Each group through BatchNorm2d in turn: its own statistics, and running averages updated
+        # exactly as if the groups came one by one. Groups of a contiguous batch are contiguous, so
+        # this costs one concatenation over plain BN; a single instance_norm over a transposed view
+        # copies twice and made a CPU training step ~10% slower.
+        bn = super().forward
+        return torch.cat([bn(group) for group in x.split(n)])
 
 
 def convert_batchnorm(model: nn.Module, mode: str, group_size: int) -> nn.Module:
