@@ -5,15 +5,20 @@ and augmentation, same micro-batch, accumulation and processes.
     .venv/bin/accelerate launch --config_file accelerate_configs/cpu_2proc.yaml --num_processes 2 \\
         benchmarks/engine_vs_bare.py --accumulation 8 --bn ghost
 
-One launch measures one case: the bare loop (torch DDP with no_sync during accumulation, plain SGD),
-then the engine through `train()` in the same processes; prints one JSON line. `make bench` runs
-every case and writes the table (benchmarks/run.py).
+The two run interleaved, step by step, in the same processes: `engine.train` trains, and after each of
+its optimizer steps (at the step's metrics row) the bare loop takes one optimizer step of its own.
+Each engine step is timed from the end of the bare step before it, so it includes all the engine's
+per-step work (rate, data, reductions, checks, logging, progress bar). A shared machine's speed drifts
+by ±15% over seconds; interleaving makes both loops see the same drift, so their ratio is steady where
+separate runs of each are not. Prints one JSON line: images/s of each (median step) and the quartiles
+of the per-step ratios engine/bare. `make bench` runs every case and writes the table (benchmarks/run.py).
 """
 import argparse
 import contextlib
 import dataclasses
 import json
 import os
+import statistics
 import tempfile
 import time
 
@@ -27,45 +32,63 @@ from largebatch.datasets import load_fashion_mnist
 from largebatch.models import build_model
 
 
-def bare(cfg: Config, data, steps: int, warmup: int) -> float:
-    """Seconds per optimizer step of the hand-written loop, after `warmup` steps."""
-    W, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
-    micro, A = cfg.split(W)
-    model = build_model(cfg, data.num_classes, data.in_chans).train()
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if W > 1 else model
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    order = torch.randperm(data.num_train, generator=torch.Generator().manual_seed(0))
-    for step in range(warmup + steps):
-        if step == warmup:
-            start = time.perf_counter()
+class BareLoop:
+    """The hand-written loop: torch DDP (no_sync while accumulating) and torch.optim.SGD, one optimizer
+    step per call, on the same micro-batches the engine would draw."""
+
+    def __init__(self, cfg: Config, data):
+        self.W, self.rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
+        self.micro, self.A = cfg.split(self.W)
+        self.data, self.step_count = data, 0
+        self.model = build_model(cfg, data.num_classes, data.in_chans).train()
+        self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) if self.W > 1 else self.model
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.base_lr, momentum=0.9, weight_decay=1e-4)
+        self.order = torch.randperm(data.num_train, generator=torch.Generator().manual_seed(0))
+
+    def step(self) -> None:
+        micro, A, W = self.micro, self.A, self.W
         for a in range(A):
-            first = ((step * A + a) * W + rank) * micro % (data.num_train - micro)
-            x, y = data.train_batch(order[first:first + micro], seed=0, epoch=0)
-            sync = a == A - 1 or W == 1
-            with contextlib.nullcontext() if sync else ddp.no_sync():
-                (F.cross_entropy(ddp(x), y) / A).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return (time.perf_counter() - start) / steps
+            first = ((self.step_count * A + a) * W + self.rank) * micro % (self.data.num_train - micro)
+            x, y = self.data.train_batch(self.order[first:first + micro], seed=0, epoch=0)
+            with contextlib.nullcontext() if a == A - 1 or W == 1 else self.ddp.no_sync():
+                (F.cross_entropy(self.ddp(x), y) / A).backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.step_count += 1
 
 
-def through_engine(cfg: Config, data, steps: int, warmup: int) -> float:
-    """Seconds per optimizer step of `engine.train`, timed at each step's metrics row."""
-    stamps = []
-    log = metrics.MetricsLog.log
+def interleaved(cfg: Config, data, steps: int, warmup: int) -> tuple[list[float], list[float]]:
+    """Seconds per optimizer step (bare, engine), `steps` of each after `warmup` untimed pairs."""
+    bare, bare_s, engine_s = BareLoop(cfg, data), [], []
+    log, last = metrics.MetricsLog.log, [0.0]
 
-    def timed(self, row, step):
+    def log_then_bare_step(self, row, step):
         log(self, row, step)
-        if "loss" in row:
-            stamps.append(time.perf_counter())
+        if "loss" not in row:  # an evaluation row
+            return
+        mid = time.perf_counter()
+        bare.step()
+        end = time.perf_counter()
+        if step >= warmup:
+            engine_s.append(mid - last[0])
+            bare_s.append(end - mid)
+        last[0] = end
 
-    metrics.MetricsLog.log = timed
-    with tempfile.TemporaryDirectory() as tmp:
-        # One epoch of exactly warmup + steps steps; evaluation and the checkpoint come after the last one.
-        run = dataclasses.replace(cfg, subset=(warmup + steps) * cfg.global_batch, epochs=1, eval_every=10,
-                                  checkpoint_every=10 ** 9, run_dir=os.path.join(tmp, "run"))
-        engine.train(run, data, build_model(cfg, data.num_classes, data.in_chans), "bench")
-    return (stamps[-1] - stamps[warmup - 1]) / steps
+    metrics.MetricsLog.log = log_then_bare_step
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            # One epoch of exactly warmup + steps steps; its evaluation and checkpoint come after the last.
+            run = dataclasses.replace(cfg, subset=(warmup + steps) * cfg.global_batch, epochs=1,
+                                      checkpoint_every=10 ** 9, run_dir=os.path.join(tmp, "run"))
+            engine.train(run, data, build_model(cfg, data.num_classes, data.in_chans), "bench")
+    finally:
+        metrics.MetricsLog.log = log
+    return bare_s, engine_s
+
+
+def quartiles(xs: list[float]) -> list[float]:
+    q = statistics.quantiles(xs, n=4)
+    return [q[0], q[1], q[2]]
 
 
 def main():
@@ -73,22 +96,28 @@ def main():
     p.add_argument("--micro-batch", type=int, default=128)
     p.add_argument("--accumulation", type=int, default=1)
     p.add_argument("--bn", default="ghost", choices=["ghost", "micro"])
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=60, help="timed optimizer steps of each")
+    p.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps of each before them")
     args = p.parse_args()
     W = int(os.environ.get("WORLD_SIZE", "1"))
     cfg = Config(model="resnet_fmnist", micro_batch=args.micro_batch, bn=args.bn, bn_batch=32,
                  global_batch=args.micro_batch * W * args.accumulation, warmup="none", seed=0).validate()
-    os.environ["TQDM_DISABLE"] = "1"
     data = load_fashion_mnist()
+    if (args.warmup + args.steps) * cfg.global_batch > data.num_train:
+        p.error(f"--steps {args.steps} + --warmup {args.warmup} at global batch {cfg.global_batch} exceed the "
+                f"{data.num_train} training examples (one epoch): use fewer steps")
+    data.test_x, data.test_y = data.test_x[:1024], data.test_y[:1024]  # the engine's final evaluation, untimed
     if W > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // W))
-        engine._init_gloo_for_this_attempt()  # the bare loop's process group; the engine keeps it
-    step_bare = bare(cfg, data, args.steps, args.warmup)
-    step_engine = through_engine(cfg, data, args.steps, args.warmup)  # tears the process group down at the end
+        engine._init_gloo_for_this_attempt()  # the bare loop's DDP needs it before the engine starts
+    bare_s, engine_s = interleaved(cfg, data, args.steps, args.warmup)
+    if dist.is_initialized():
+        dist.destroy_process_group()  # ours: the engine leaves a caller's process group up
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(dict(processes=W, micro_batch=args.micro_batch, accumulation=args.accumulation, bn=args.bn,
-                              bare=cfg.global_batch / step_bare, engine=cfg.global_batch / step_engine)), flush=True)
+                              steps=args.steps, bare=cfg.global_batch / statistics.median(bare_s),
+                              engine=cfg.global_batch / statistics.median(engine_s),
+                              ratio_quartiles=quartiles([b / e for b, e in zip(bare_s, engine_s)]))), flush=True)
 
 
 if __name__ == "__main__":

@@ -209,12 +209,21 @@ def _resume_point(cfg: Config, ckpt_dir: Path, data_id: dict) -> tuple[Path | No
 
 
 def train(cfg: Config, data, model: torch.nn.Module, dataset: str = "data") -> dict:
-    """Train `model` on `data` as `cfg` says; returns the last evaluation row."""
+    """Train `model` on `data` as `cfg` says; returns the last evaluation row.
+
+    A process group that exists before the call is the caller's and outlives it (so one process can
+    train several times); one the engine creates is torn down at the end, as gloo aborts at exit otherwise.
+    """
+    callers_group = dist.is_initialized()
     accelerator = make_accelerator(cfg)
     try:
         return _train(cfg, data, model, dataset, accelerator)
     finally:
-        accelerator.end_training()  # also tears down the process group: gloo aborts at exit otherwise
+        if callers_group:
+            for tracker in accelerator.trackers:
+                tracker.finish()
+        else:
+            accelerator.end_training()
 
 
 def _train(cfg, data, model, dataset, accelerator):
