@@ -111,8 +111,8 @@ def main():
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // W))
         engine._init_gloo_for_this_attempt()  # the bare loop's DDP needs it before the engine starts
     bare_s, engine_s = interleaved(cfg, data, args.steps, args.warmup)
-    if dist.is_initialized():
-        dist.destroy_process_group()  # ours: the engine leaves a caller's process group up
+    if W > 1:
+        dist.destroy_process_group()  # ours, so still up: this raises if the engine had torn it down
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(dict(processes=W, micro_batch=args.micro_batch, accumulation=args.accumulation, bn=args.bn,
                               steps=args.steps, bare=cfg.global_batch / statistics.median(bare_s),

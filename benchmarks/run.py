@@ -1,6 +1,6 @@
 """`make bench`: every engine-vs-bare case on 1 and 2 CPU processes, and the all-reduce calibration.
 
-    .venv/bin/python benchmarks/run.py --out runs/bench          # about 10 minutes on 2 cores
+    .venv/bin/python benchmarks/run.py --out runs/bench          # about 15 minutes on 2 cores
     .venv/bin/python benchmarks/run.py --out runs/bench --tiny   # a smoke run (CI)
 
 Writes results.json, tables.md and calibration.json (for `largebatch plan --calibration`) in --out.
@@ -37,10 +37,12 @@ def launch(script: str, args: list[str], processes: int) -> dict:
 
 
 def tables(cases: list[dict], comm: dict) -> str:
-    lines = ["| processes | accumulation | BN | bare loop img/s | engine img/s | engine / bare |", "|---|---|---|---|---|---|"]
+    lines = ["| processes | accumulation | BN | steps | bare loop img/s | engine img/s | engine / bare | "
+             "per-step ratio, quartiles |", "|---|---|---|---|---|---|---|---|"]
     for c in cases:
-        lines.append(f"| {c['processes']} | {c['accumulation']} | {c['bn']} | {c['bare']:.0f} | {c['engine']:.0f} | "
-                     f"{c['engine'] / c['bare']:.3f} |")
+        q1, q2, q3 = c["ratio_quartiles"]
+        lines.append(f"| {c['processes']} | {c['accumulation']} | {c['bn']} | {c['steps']} | {c['bare']:.0f} | "
+                     f"{c['engine']:.0f} | **{c['engine'] / c['bare']:.3f}** | {q1:.3f} / {q2:.3f} / {q3:.3f} |")
     lines += ["", f"gloo all-reduce on {comm['processes']} processes: α = {comm['latency_us']:.0f} µs, "
                   f"{comm['bandwidth_MBps']:.0f} MB/s (fit over {len(comm['allreduce'])} sizes)", "",
               "| bytes | all-reduce ms |", "|---|---|"]
@@ -62,13 +64,14 @@ def main():
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    size = ["--steps", "1", "--warmup", "1"] if args.tiny else ["--steps", "10", "--warmup", "3"]
+    # Timed steps per case: ~15 s of each loop; at accumulation 8 one epoch on 2 processes holds 29 steps.
+    steps = {1: 100, 8: 20} if not args.tiny else {1: 2}
     grid = [(1, "ghost")] if args.tiny else [(1, "ghost"), (1, "micro"), (8, "ghost"), (8, "micro")]
     cases, start = [], time.time()
     for processes in (1, 2):
         for accumulation, bn in grid:
-            cases.append(launch("engine_vs_bare.py", size + ["--accumulation", str(accumulation), "--bn", bn],
-                                processes))
+            cases.append(launch("engine_vs_bare.py", ["--steps", str(steps[accumulation]), "--warmup", "2",
+                                                      "--accumulation", str(accumulation), "--bn", bn], processes))
             c = cases[-1]
             print(f"{processes} process(es), accumulation {accumulation}, BN {bn}: bare {c['bare']:.0f} img/s, "
                   f"engine {c['engine']:.0f} img/s ({c['engine'] / c['bare']:.3f}) [{time.time() - start:.0f} s]",

@@ -15,7 +15,8 @@ def test_bench_smoke(tmp_path, fmnist_dir):
     results = json.loads((tmp_path / "results.json").read_text())
     assert [(c["processes"], c["accumulation"]) for c in results["cases"]] == [(1, 1), (2, 1)]
     for c in results["cases"]:
-        assert c["bare"] > 0 and c["engine"] > 0
+        assert c["bare"] > 0 and c["engine"] > 0 and c["steps"] == 2
+        assert 0 < c["ratio_quartiles"][0] <= c["ratio_quartiles"][1] <= c["ratio_quartiles"][2]
     comm = results["allreduce"]
     assert comm["processes"] == 2 and comm["bandwidth_MBps"] > 0 and len(comm["allreduce"]) == 3
     w, net = plan.load_calibration(tmp_path / "calibration.json")
