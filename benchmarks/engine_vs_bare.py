@@ -96,26 +96,28 @@ def main():
     p.add_argument("--micro-batch", type=int, default=128)
     p.add_argument("--accumulation", type=int, default=1)
     p.add_argument("--bn", default="ghost", choices=["ghost", "micro"])
-    p.add_argument("--steps", type=int, default=60, help="timed optimizer steps of each")
+    p.add_argument("--steps", type=int, default=60, help="timed optimizer steps of each (at most one epoch's worth)")
     p.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps of each before them")
     args = p.parse_args()
     W = int(os.environ.get("WORLD_SIZE", "1"))
     cfg = Config(model="resnet_fmnist", micro_batch=args.micro_batch, bn=args.bn, bn_batch=32,
                  global_batch=args.micro_batch * W * args.accumulation, warmup="none", seed=0).validate()
     data = load_fashion_mnist()
-    if (args.warmup + args.steps) * cfg.global_batch > data.num_train:
-        p.error(f"--steps {args.steps} + --warmup {args.warmup} at global batch {cfg.global_batch} exceed the "
-                f"{data.num_train} training examples (one epoch): use fewer steps")
+    # One epoch, so no evaluation falls between timed steps.
+    steps = min(args.steps, data.num_train // cfg.global_batch - args.warmup)
+    if steps < 2:
+        p.error(f"global batch {cfg.global_batch} leaves {steps} timed steps in one epoch of {data.num_train} "
+                f"examples after --warmup {args.warmup}: use a smaller --micro-batch or --accumulation")
     data.test_x, data.test_y = data.test_x[:1024], data.test_y[:1024]  # the engine's final evaluation, untimed
     if W > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // W))
         engine._init_gloo_for_this_attempt()  # the bare loop's DDP needs it before the engine starts
-    bare_s, engine_s = interleaved(cfg, data, args.steps, args.warmup)
+    bare_s, engine_s = interleaved(cfg, data, steps, args.warmup)
     if W > 1:
         dist.destroy_process_group()  # ours, so still up: this raises if the engine had torn it down
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(dict(processes=W, micro_batch=args.micro_batch, accumulation=args.accumulation, bn=args.bn,
-                              steps=args.steps, bare=cfg.global_batch / statistics.median(bare_s),
+                              steps=steps, bare=cfg.global_batch / statistics.median(bare_s),
                               engine=cfg.global_batch / statistics.median(engine_s),
                               ratio_quartiles=quartiles([b / e for b, e in zip(bare_s, engine_s)]))), flush=True)
 

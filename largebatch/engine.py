@@ -111,7 +111,7 @@ def _epoch_batches(cfg, data, num_train, epoch, first_step, rank, world_size, ac
     return iter(_loader(cfg, functools.partial(data.train_batch, seed=cfg.seed, epoch=epoch), lists))
 
 
-def _accumulated_step(accelerator, model, optimizer, batches, accumulation, check_gradients) -> torch.Tensor:
+def _accumulated_step(accelerator, model, optimizer, batches, accumulation, grad_sq, check_gradients) -> torch.Tensor:
     """One optimizer step over `accumulation` micro-batches, on this rank:
     [loss sum, wrong, examples, |first micro-batch's gradient|², |whole batch's gradient|²].
 
@@ -128,7 +128,7 @@ def _accumulated_step(accelerator, model, optimizer, batches, accumulation, chec
             loss = F.cross_entropy(out, y)
             accelerator.backward(loss)
             if a == 0 and accumulation > 1:
-                stats[3] = accumulation ** 2 * _grad_sq(model)
+                stats[3] = accumulation ** 2 * grad_sq()
             if accelerator.sync_gradients:
                 stats[4] = check_gradients()
             optimizer.step()
@@ -138,8 +138,8 @@ def _accumulated_step(accelerator, model, optimizer, batches, accumulation, chec
     return stats
 
 
-def _grad_sq(model) -> torch.Tensor:
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
+def _grad_sq(params: list[torch.Tensor]) -> torch.Tensor:
+    grads = [p.grad for p in params if p.grad is not None]
     return torch.nn.utils.get_total_norm(grads).float() ** 2 if grads else torch.zeros(())
 
 
@@ -180,10 +180,10 @@ def _divergence(what: str, step: int, lr: float, cfg: Config, sched: Schedule, c
     return f"training diverged: {what} is not finite at step {step}, learning rate {lr:.4g}; likely cause: {cause}{last}"
 
 
-def _check_finite(model, step, lr, cfg, sched, ckpt_dir) -> torch.Tensor:
+def _check_finite(grad_sq, step, lr, cfg, sched, ckpt_dir) -> torch.Tensor:
     """The all-reduced gradient's squared norm; stops before an optimizer step if it is not finite
     (identical on every rank after all-reduce)."""
-    sq = _grad_sq(model)
+    sq = grad_sq()
     if not torch.isfinite(sq):
         raise Diverged(_divergence("the gradient", step, lr, cfg, sched, ckpt_dir))
     return sq
@@ -278,6 +278,8 @@ def _train(cfg, data, model, dataset, accelerator):
             train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=A, gradient_clipping=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
 
+    # Listed once: walking the module tree at every step costs ~0.2 ms, 0.25% of a small CPU step.
+    grad_sq = functools.partial(_grad_sq, list(model.parameters()))
     log = MetricsLog(run_dir / "metrics.jsonl", accelerator)
     stats = torch.zeros(3, device=accelerator.device)  # training loss sum, wrong, seen since last eval
     start = 0
@@ -316,8 +318,9 @@ def _train(cfg, data, model, dataset, accelerator):
                 lr = lr * row["gain"] / scale if scale > 1 else lr
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            check = functools.partial(_check_finite, model, step, lr, cfg, sched, ckpt_dir)
-            step_stats = accelerator.reduce(_accumulated_step(accelerator, model, optimizer, batches, A, check), "sum")
+            check = functools.partial(_check_finite, grad_sq, step, lr, cfg, sched, ckpt_dir)
+            mine = _accumulated_step(accelerator, model, optimizer, batches, A, grad_sq, check)
+            step_stats = accelerator.reduce(mine, "sum")
             stats += step_stats[:3]
             step_loss = (step_stats[0] / step_stats[2]).item()
             if not math.isfinite(step_loss):
