@@ -10,8 +10,8 @@ its optimizer steps (at the step's metrics row) the bare loop takes one optimize
 Each engine step is timed from the end of the bare step before it, so it includes all the engine's
 per-step work (rate, data, reductions, checks, logging, progress bar). A shared machine's speed drifts
 by ±15% over seconds; interleaving makes both loops see the same drift, so their ratio is steady where
-separate runs of each are not. Prints one JSON line: images/s of each (median step) and the quartiles
-of the per-step ratios engine/bare. `make bench` runs every case and writes the table (benchmarks/run.py).
+separate runs of each are not. Prints one JSON line: images/s of each (median step), the quartiles
+of the per-step ratios engine/bare, and the median extra time of an engine step in ms. `make bench` runs every case and writes the table (benchmarks/run.py).
 """
 import argparse
 import contextlib
@@ -119,7 +119,9 @@ def main():
         print(json.dumps(dict(processes=W, micro_batch=args.micro_batch, accumulation=args.accumulation, bn=args.bn,
                               steps=steps, bare=cfg.global_batch / statistics.median(bare_s),
                               engine=cfg.global_batch / statistics.median(engine_s),
-                              ratio_quartiles=quartiles([b / e for b, e in zip(bare_s, engine_s)]))), flush=True)
+                              ratio_quartiles=quartiles([b / e for b, e in zip(bare_s, engine_s)]),
+                              overhead_ms=1e3 * statistics.median([e - b for b, e in zip(bare_s, engine_s)]))),
+              flush=True)
 
 
 if __name__ == "__main__":

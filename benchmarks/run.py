@@ -40,11 +40,12 @@ def tables(cases: list[dict], comm: dict) -> str:
     # The headline ratio pairs each engine step with the bare step next to it (the median of those
     # ratios); the ratio of the two median steps, an unpaired estimate, is shown beside it.
     lines = ["| processes | accumulation | BN | steps | bare loop img/s | engine img/s | engine / bare, paired "
-             "(quartiles) | engine / bare, unpaired |", "|---|---|---|---|---|---|---|---|"]
+             "(quartiles) | engine / bare, unpaired | engine's extra ms per step |", "|---|---|---|---|---|---|---|---|---|"]
     for c in cases:
         q1, q2, q3 = c["ratio_quartiles"]
         lines.append(f"| {c['processes']} | {c['accumulation']} | {c['bn']} | {c['steps']} | {c['bare']:.0f} | "
-                     f"{c['engine']:.0f} | **{q2:.3f}** ({q1:.3f}-{q3:.3f}) | {c['engine'] / c['bare']:.3f} |")
+                     f"{c['engine']:.0f} | **{q2:.3f}** ({q1:.3f}-{q3:.3f}) | {c['engine'] / c['bare']:.3f} | "
+                     f"{c['overhead_ms']:.1f} |")
     lines += ["", f"gloo all-reduce on {comm['processes']} processes: α = {comm['latency_us']:.0f} µs, "
                   f"{comm['bandwidth_MBps']:.0f} MB/s (fit over {len(comm['allreduce'])} sizes)", "",
               "| bytes | all-reduce ms |", "|---|---|"]
