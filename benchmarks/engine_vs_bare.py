@@ -86,11 +86,6 @@ def interleaved(cfg: Config, data, steps: int, warmup: int) -> tuple[list[float]
     return bare_s, engine_s
 
 
-def quartiles(xs: list[float]) -> list[float]:
-    q = statistics.quantiles(xs, n=4)
-    return [q[0], q[1], q[2]]
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--micro-batch", type=int, default=128)
@@ -119,7 +114,7 @@ def main():
         print(json.dumps(dict(processes=W, micro_batch=args.micro_batch, accumulation=args.accumulation, bn=args.bn,
                               steps=steps, bare=cfg.global_batch / statistics.median(bare_s),
                               engine=cfg.global_batch / statistics.median(engine_s),
-                              ratio_quartiles=quartiles([b / e for b, e in zip(bare_s, engine_s)]),
+                              ratio_quartiles=statistics.quantiles([b / e for b, e in zip(bare_s, engine_s)], n=4),
                               overhead_ms=1e3 * statistics.median([e - b for b, e in zip(bare_s, engine_s)]))),
               flush=True)
 
