@@ -115,10 +115,7 @@ PAPER_NETWORK = Network(latency=10e-6, bandwidth=50e9 / 8)
 
 
 def plot(rows_by_algorithm: dict[str, list[dict]], out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import plt, save  # here, not at the top: `largebatch plan` without a plot needs no matplotlib
 
     fig, (ax_t, ax_e) = plt.subplots(1, 2, figsize=(10, 3.8))
     for name, rows in rows_by_algorithm.items():
@@ -131,11 +128,7 @@ def plot(rows_by_algorithm: dict[str, list[dict]], out: Path) -> Path:
         ax.set_xscale("log", base=2)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save(fig, out)
 
 
 def load_calibration(path: str | Path) -> tuple[Workload, Network]:

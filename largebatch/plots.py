@@ -31,8 +31,13 @@ def training_curves(run_dirs: list[Path], labels: list[str], out: Path) -> Path:
         ax.yaxis.set_minor_formatter(plain)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
+    return save(fig, out)
+
+
+def save(fig, out: Path, dpi: int = 110) -> Path:
+    """Write a finished figure to `out` (making its folder) and free it."""
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=dpi)
     plt.close(fig)
     return out

@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .metrics import read_metrics  # noqa: E402
 from .noise import critical_batch  # noqa: E402
+from .plots import save  # noqa: E402
 from .sweep import load_sweep  # noqa: E402
 
 TITLES = {"warmup": "Warmup", "bn": "BatchNorm statistics", "wd_scaling": "Weight decay",
@@ -183,7 +184,7 @@ def plot_error_vs_batch(sweep: SweepResult, base: Group | None, band: float, out
     ax.set(xlabel="global minibatch size kn", ylabel="test error %", title="error vs minibatch size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def plot_curves(sweep: SweepResult, base: Group | None, out: Path) -> Path:
@@ -203,19 +204,13 @@ def plot_curves(sweep: SweepResult, base: Group | None, out: Path) -> Path:
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel("training error %")
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def _pct(curve):
     return curve[0], [100 * v for v in curve[1]]
 
 
-def _save(fig, out: Path) -> Path:
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
 
 
 def _batch(b: int) -> str:
