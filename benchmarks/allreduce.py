@@ -21,9 +21,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from largebatch import engine, plan
-from largebatch.config import Config
-from largebatch.models import build_model
+from largebatch.tools import plan
+from largebatch.training.config import Config
+from largebatch.training.launch import init_gloo_for_this_attempt
+from largebatch.training.models import build_model
 
 
 def timed(fn, repeats: int) -> float:
@@ -92,7 +93,7 @@ def main():
     p.add_argument("--out", default="runs/bench/calibration.json")
     args = p.parse_args()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", "1"))))
-    engine._init_gloo_for_this_attempt()
+    init_gloo_for_this_attempt()
     W, rank = dist.get_world_size(), dist.get_rank()
     sizes = [4 * 4 ** k for k in range(5, 20) if 4 * 4 ** k <= args.max_mb * 2 ** 20]  # 4 KB, 16 KB, ...
     seconds = [timed(lambda n=n: dist.all_reduce(torch.ones(n // 4)), args.repeats) for n in sizes]

@@ -26,10 +26,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from largebatch import engine, metrics
-from largebatch.config import Config
-from largebatch.datasets import load_fashion_mnist
-from largebatch.models import build_model
+from largebatch.training import engine, metrics
+from largebatch.training.config import Config
+from largebatch.training.data import load_fashion_mnist
+from largebatch.training.launch import init_gloo_for_this_attempt
+from largebatch.training.models import build_model
 
 
 class BareLoop:
@@ -106,7 +107,7 @@ def main():
     data.test_x, data.test_y = data.test_x[:1024], data.test_y[:1024]  # the engine's final evaluation, untimed
     if W > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // W))
-        engine._init_gloo_for_this_attempt()  # the bare loop's DDP needs it before the engine starts
+        init_gloo_for_this_attempt()  # the bare loop's DDP needs it before the engine starts
     bare_s, engine_s = interleaved(cfg, data, steps, args.warmup)
     if W > 1:
         dist.destroy_process_group()  # ours, so still up: this raises if the engine had torn it down

@@ -5,8 +5,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from largebatch.datasets import load_fashion_mnist
-from largebatch.recipe import run_recipe
+from largebatch.training.recipes import run_recipe
 
 real_save_state = Accelerator.save_state
 calls = {"n": 0}
@@ -22,5 +21,4 @@ def save_state_on_full_disk(self, output_dir=None, **kwargs):
 
 
 Accelerator.save_state = save_state_on_full_disk
-run_recipe("fashion-mnist", load_fashion_mnist, model="resnet_fmnist", micro_batch=256, epochs=12,
-           warmup_epochs=2)
+run_recipe("fashion_mnist")

@@ -4,9 +4,9 @@ import sys
 import torch
 from torch import nn
 
-from largebatch.config import parse_config
-from largebatch.datasets import load_fashion_mnist
-from largebatch.engine import train
+from largebatch.training.config import parse_config
+from largebatch.training.data import load_fashion_mnist
+from largebatch.training.engine import train
 
 cfg = parse_config(sys.argv[1:])
 torch.manual_seed(cfg.seed)

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from largebatch.batchnorm import GhostBatchNorm2d, convert_batchnorm
-from largebatch.config import Config
-from largebatch.models import build_model
+from largebatch.training.batchnorm import GhostBatchNorm2d, convert_batchnorm
+from largebatch.training.config import Config
+from largebatch.training.models import build_model
 
 
 def _bn_pair(group):

@@ -3,9 +3,13 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
-from largebatch import plan
+from largebatch.tools import plan
+
+pytestmark = pytest.mark.slow  # trains: see `pytest -m "not slow"` for the fast tier
 
 
 def test_bench_smoke(tmp_path, fmnist_dir):

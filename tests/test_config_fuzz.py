@@ -4,7 +4,7 @@ import dataclasses
 import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from largebatch.config import Config, parse_config
+from largebatch.training.config import Config, parse_config
 from largebatch.errors import UserError
 
 FIELDS = [f.name for f in dataclasses.fields(Config)]

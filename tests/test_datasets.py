@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from largebatch.datasets import ImageFolderImages, load_cifar10, load_fashion_mnist, read_idx
+from largebatch.training.data import ImageFolderImages, load_cifar10, load_fashion_mnist, read_idx
 from largebatch.errors import UserError
 
 

@@ -1,5 +1,9 @@
 """The trajectory depends on B, n and the seed only, not on how B is split (devices x accumulation)."""
+import pytest
+
 from conftest import ROOT, final_params, launch, step_losses
+
+pytestmark = pytest.mark.slow  # trains: see `pytest -m "not slow"` for the fast tier
 
 RECIPE = ROOT / "recipes/fashion_mnist.py"
 NOBN = ROOT / "tests/nobn_train.py"

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import ROOT, launch
 
-from largebatch.config import Config
+from largebatch.training.config import Config
 from largebatch.errors import UserError
 
 RECIPE = ROOT / "recipes/fashion_mnist.py"
@@ -23,18 +23,22 @@ def _fails(args, *words):
     return lines[0]
 
 
+@pytest.mark.slow
 def test_indivisible_batch(tmp_path):
     _fails(["--global-batch", 1000, "--micro-batch", 64, "--run-dir", tmp_path], "1000", "64", "1 processes")
 
 
+@pytest.mark.slow
 def test_micro_batch_not_multiple_of_bn_group():
     _fails(["--global-batch", 256, "--micro-batch", 48], "--micro-batch 48", "--bn-batch 32")
 
 
+@pytest.mark.slow
 def test_missing_data_dir(tmp_path):
     _fails(["--data-dir", tmp_path / "nowhere"], str(tmp_path / "nowhere"), "dataset-fashion-mnist")
 
 
+@pytest.mark.slow
 def test_missing_data_file(tmp_path, fmnist_dir):
     for f in fmnist_dir.iterdir():
         shutil.copy(f, tmp_path)
@@ -42,6 +46,7 @@ def test_missing_data_file(tmp_path, fmnist_dir):
     _fails(["--data-dir", tmp_path], "t10k-labels-idx1-ubyte", "dataset-fashion-mnist")
 
 
+@pytest.mark.slow
 def test_truncated_idx_file(tmp_path, fmnist_dir):
     for f in fmnist_dir.iterdir():
         shutil.copy(f, tmp_path)
@@ -50,10 +55,12 @@ def test_truncated_idx_file(tmp_path, fmnist_dir):
     _fails(["--data-dir", tmp_path], "train-images-idx3-ubyte.gz", "truncated")
 
 
+@pytest.mark.slow
 def test_unknown_model():
     _fails(["--model", "resnet_does_not_exist"], "resnet_does_not_exist", "timm")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,words", [
     (["--global-batch", 0], ["--global-batch 0"]),
     (["--schedule", "linear"], ["--schedule", "linear"]),
@@ -63,12 +70,14 @@ def test_bad_flag_values(args, words):
     _fails(args, *words)
 
 
+@pytest.mark.slow
 def test_bad_yaml_config(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("global_batch: 512\nlearning_rate: 3\n")
     _fails(["--config", cfg], "learning_rate", "unknown option")
 
 
+@pytest.mark.slow
 def test_sync_bn_across_cpu_processes(tmp_path):
     out = launch(RECIPE, ["--global-batch", 256, "--micro-batch", 128, "--subset", 1024, "--epochs", 1,
                           "--bn", "sync", "--run-dir", tmp_path], nproc=2, check=False)

@@ -7,9 +7,12 @@ import sys
 import time
 
 import psutil
+import pytest
 import torch
 
 from conftest import ROOT, final_params, free_port, launch, step_losses
+
+pytestmark = pytest.mark.slow  # trains: see `pytest -m "not slow"` for the fast tier
 
 RECIPE = ROOT / "recipes/fashion_mnist.py"
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from largebatch.noise import NoiseScale, unbiased
+from largebatch.training.noise import NoiseScale, unbiased
 
 
 def test_recovers_trace_and_gradient_norm_of_linear_regression():
@@ -49,7 +49,7 @@ def test_bias_correction_and_state_round_trip():
 
 
 def test_adascale_gain_is_one_at_one_worker_and_at_most_the_scale():
-    from largebatch.noise import adascale_gain
+    from largebatch.training.schedule import adascale_gain
     assert adascale_gain(trace=100.0, g_sq=1.0, base_batch=32, scale=1) == 1.0
     assert adascale_gain(trace=1e9, g_sq=1e-9, base_batch=32, scale=16) == pytest.approx(16, rel=1e-6)  # all noise
     assert adascale_gain(trace=0.0, g_sq=1.0, base_batch=32, scale=16) == 1.0  # no noise: no gain
@@ -59,9 +59,10 @@ def test_adascale_gain_is_one_at_one_worker_and_at_most_the_scale():
         assert 1.0 <= adascale_gain(trace, g_sq, 32, 8) <= 8.0
 
 
+@pytest.mark.slow
 def test_runs_log_the_noise_scale_and_adascale_gain(tmp_path, fmnist_dir):
     from conftest import ROOT, launch
-    from largebatch.metrics import read_metrics
+    from largebatch.training.metrics import read_metrics
 
     run = tmp_path / "ada"
     launch(ROOT / "recipes/fashion_mnist.py", ["--global-batch", 1024, "--micro-batch", 256, "--subset", 4096,
@@ -79,7 +80,7 @@ def test_runs_log_the_noise_scale_and_adascale_gain(tmp_path, fmnist_dir):
 
 
 def test_recommendation_is_the_largest_power_of_two_multiple_not_above_b_simple():
-    from largebatch.noise import critical_batch, recommend
+    from largebatch.training.noise import critical_batch, recommend
     assert recommend(544.0, 32, 0.1, 256) == (512, 0.2)
     assert recommend(10.0, 32, 0.1, 256) == (32, 0.0125)  # never below one micro-batch
     # Warmup for 10 steps, the peak rate for 40, then a decay where the estimate blows up.
@@ -90,13 +91,14 @@ def test_recommendation_is_the_largest_power_of_two_multiple_not_above_b_simple(
     assert len(rows) == 10 and rows[-1]["step"] == 99
 
 
+@pytest.mark.slow
 def test_noise_command(tmp_path, fmnist_dir, capsys, monkeypatch):
     import json
     from conftest import ROOT
 
-    from largebatch.cli import main
-    from largebatch.noise import critical_batch, recommend
-    from largebatch.metrics import read_metrics
+    from largebatch.tools.cli import main
+    from largebatch.training.noise import critical_batch, recommend
+    from largebatch.training.metrics import read_metrics
 
     monkeypatch.chdir(ROOT)
     main(["noise", "--global-batch", "256", "--micro-batch", "64", "--run-dir", str(tmp_path / "n"),

@@ -2,10 +2,10 @@ import pytest
 import torch
 from torch import nn
 
-from largebatch.config import Config
+from largebatch.training.config import Config
 from largebatch.errors import UserError
-from largebatch.models import build_model
-from largebatch.optim import PaperSGD, build_optimizer, weight_decay
+from largebatch.training.models import build_model
+from largebatch.training.optim import PaperSGD, build_optimizer, weight_decay
 
 
 def test_weight_decay_only_on_conv_and_linear_weights():

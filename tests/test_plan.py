@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from largebatch import plan
-from largebatch.cli import main
+from largebatch.tools import plan
+from largebatch.tools.cli import main
 
 
 @pytest.mark.parametrize("p", [2, 4, 8, 32])

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from largebatch.cli import main
-from largebatch.config import Config
+from largebatch.tools.cli import main
+from largebatch.training.config import Config
 
 BATCH = """name: batch_size
 program: recipes/fashion_mnist.py

@@ -6,9 +6,12 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from conftest import ROOT, final_params, launch
+
+pytestmark = pytest.mark.slow  # trains: see `pytest -m "not slow"` for the fast tier
 
 RECIPE = ROOT / "recipes/fashion_mnist.py"
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from largebatch.schedule import Schedule, lr_at
+from largebatch.training.schedule import Schedule, lr_at
 from conftest import ROOT, launch
 
 
@@ -61,6 +61,7 @@ def test_cosine_after_warmup():
     assert lr_at(900, s) == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_header_prints_scaled_rate_for_8192(fmnist_dir):
     out = launch(ROOT / "recipes/fashion_mnist.py", ["--global-batch", 8192, "--micro-batch", 256, "--warmup-epochs", 5,
                                                   "--dry-run"])

@@ -1,7 +1,7 @@
 import torch
 
-from largebatch.augment import crop_flip
-from largebatch.sharding import epoch_order, micro_batches
+from largebatch.training.augment import crop_flip
+from largebatch.training.sharding import epoch_order, micro_batches
 
 
 def _rank_indices(num, B, seed, epoch, W, A):

@@ -7,10 +7,10 @@ import sys
 import pytest
 from conftest import ROOT
 
-from largebatch.cli import main
-from largebatch.config import Config
-from largebatch.engine import run_dir_of, uses_wandb
-from largebatch.sweep import load_sweep, plan
+from largebatch.tools.cli import main
+from largebatch.training.config import Config
+from largebatch.training.launch import run_dir_of, uses_wandb
+from largebatch.tools.sweep import checked_runs, load_sweep
 
 SWEEPS = ROOT / "recipes/sweeps"
 
@@ -59,7 +59,7 @@ def test_repository_sweeps(name, count, varying, tmp_path):
     sweep = load_sweep(SWEEPS / f"{name}.yaml")
     assert len(sweep.runs) == count
     assert {k: v for k, v in sweep.parameters.items() if len(v) > 1} == varying
-    runs = plan(sweep, tmp_path)  # every run's options pass the recipe's own validation
+    runs = checked_runs(sweep, tmp_path)  # every run's options pass the recipe's own validation
     configs = [r.config for r in runs]
     if name.startswith("imagenet"):
         assert {(c.model, c.epochs, c.bn, c.bn_batch, c.warmup, c.warmup_epochs) for c in configs} == {
@@ -108,7 +108,7 @@ def test_malformed_sweep_is_one_line(text, expected, tmp_path, capsys, monkeypat
 
 
 def _sweep(*args, check=True, **env):
-    proc = subprocess.run([sys.executable, "-m", "largebatch.cli", "sweep", *map(str, args)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "largebatch", "sweep", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600,
                           env={**{k: v for k, v in os.environ.items() if not k.startswith("WANDB_")},
                                "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "2", **env})
@@ -128,6 +128,7 @@ parameters:
 """
 
 
+@pytest.mark.slow
 def test_tiny_sweep_runs_skips_resumes_and_reuses(tmp_path, fmnist_dir):
     out = tmp_path / "sweeps"
     first = _write(tmp_path, TINY.format(name="tiny", batches=[128, 256]))

@@ -1,5 +1,9 @@
 """--report-to wandb logs offline into the run folder when there is no API key."""
+import pytest
+
 from conftest import ROOT, launch
+
+pytestmark = pytest.mark.slow  # trains: see `pytest -m "not slow"` for the fast tier
 
 
 def test_wandb_offline_run_in_run_dir(tmp_path, fmnist_dir, monkeypatch):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import UserError
+from ..errors import UserError
 
 
 class GhostBatchNorm2d(nn.BatchNorm2d):

@@ -10,10 +10,11 @@ gradient is its own all-reduce (`buffers`), started as soon as backprop produces
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 ALGORITHMS = ("ring", "halving_doubling", "hierarchical")
 
@@ -114,26 +115,8 @@ PAPER_WORKLOAD = Workload(params=25_557_032, forward=0.112, backward=0.12, per_w
 PAPER_NETWORK = Network(latency=10e-6, bandwidth=50e9 / 8)
 
 
-def plot(rows_by_algorithm: dict[str, list[dict]], out: Path) -> Path:
-    from .plots import plt, save  # here, not at the top: `largebatch plan` without a plot needs no matplotlib
-
-    fig, (ax_t, ax_e) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for name, rows in rows_by_algorithm.items():
-        ws = [r["workers"] for r in rows]
-        ax_t.plot(ws, [r["train"] / 3600 for r in rows], "-o", ms=3, label=name)
-        ax_e.plot(ws, [100 * r["efficiency"] for r in rows], "-o", ms=3, label=name)
-    ax_t.set(xscale="log", yscale="log", xlabel="workers W", ylabel="time to train (hours)")
-    ax_e.set(xscale="log", xlabel="workers W", ylabel="scaling efficiency % (vs 8 workers)", ylim=(0, 105))
-    for ax in (ax_t, ax_e):
-        ax.set_xscale("log", base=2)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-    return save(fig, out)
-
-
 def load_calibration(path: str | Path) -> tuple[Workload, Network]:
     """Workload and network measured on this machine by `benchmarks/allreduce.py` (a JSON file)."""
-    import json
 
     try:
         m = json.loads(Path(path).read_text())
@@ -146,7 +129,7 @@ def load_calibration(path: str | Path) -> tuple[Workload, Network]:
         raise UserError(f"--calibration {path} is not a calibration file from benchmarks/allreduce.py ({e})") from None
 
 
-def report(w: Workload, net: Network, workers: list[int], algorithm: str, reference: int) -> str:
+def render_table(w: Workload, net: Network, workers: list[int], algorithm: str, reference: int) -> str:
     """The table `largebatch plan` prints."""
     lines = [f"{w.params / 1e6:.1f}M parameters ({w.grad_bytes / 1e6:.0f} MB of gradients in {w.buffers} all-reduces), "
              f"{w.per_worker} images per worker, forward {1e3 * w.forward:.1f} ms + backward {1e3 * w.backward:.1f} ms; "

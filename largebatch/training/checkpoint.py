@@ -16,8 +16,8 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
+from ..errors import UserError
 from .config import Config
-from .errors import UserError
 
 PROGRESS = "progress.json"
 
@@ -106,6 +106,28 @@ def latest_usable(folder: Path) -> tuple[Path, dict] | None:
             return path, json.loads((path / PROGRESS).read_text())
         print(f"warning: skipping checkpoint {path}: {why}; trying the one before it", file=sys.stderr)
     return None
+
+
+def resume_point(cfg: Config, folder: Path, dataset: dict) -> tuple[Path | None, dict]:
+    """The checkpoint in `folder` to continue from (None: start afresh) and its progress record.
+
+    Checkpoints without --resume, none that verifies, or one of another configuration: a UserError.
+    """
+    found = completed(folder)
+    if found and not cfg.resume:
+        raise UserError(f"{folder.parent} already holds checkpoints; pass --resume to continue that run or "
+                        f"choose another --run-dir")
+    if not found:
+        return None, {}
+    usable = latest_usable(folder)
+    if usable is None:
+        raise UserError(f"no checkpoint in {folder} passes verification; move the folder away to start again")
+    path, progress = usable
+    changes = check_compatible(path, progress, cfg, dataset)
+    if changes:
+        print(f"warning: resuming {path} with changes allowed by --allow-change: {', '.join(changes)}",
+              file=sys.stderr)
+    return path, progress
 
 
 def check_compatible(path: Path, progress: dict, cfg: Config, dataset: dict) -> list[str]:

@@ -1,6 +1,7 @@
 """The learning rate as a pure function of the optimizer step (Goyal et al. 2017, sections 2.1-2.2).
 
-The engine writes `lr_at(step, schedule)` into the optimizer's param groups before every update,
+Every rule about the rate lives here: linear scaling, warmup, decay, and AdaScale's gain with its "no
+warmup" rule. The engine writes `lr_at(step, schedule, gain)` into the optimizer's param groups before every update,
 instead of using a prepared LR scheduler: Accelerate steps a prepared scheduler once per process per
 update by default, which silently shortens warmup and decay by the world size.
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from .config import Config
 
 # Step decay at epochs 30, 60 and 80 of the paper's 90, as fractions of the run.
 STEP_MILESTONES = (1 / 3, 2 / 3, 8 / 9)
@@ -23,6 +26,12 @@ class Schedule:
     warmup: str = "gradual"  # gradual | constant | none
     warmup_epochs: float = 5
     decay: str = "step"  # step | cosine
+    adascale: bool = False  # the rate is base_lr x AdaScale's gain instead of linear scaling and warmup
+
+    @property
+    def scale(self) -> float:
+        """k = kn / 256: how many base batches one global batch holds."""
+        return self.global_batch / self.base_batch
 
     @property
     def peak_lr(self) -> float:
@@ -36,7 +45,7 @@ class Schedule:
     @property
     def warmup_steps(self) -> int:
         """Warmup is used only when the batch exceeds the base batch (the paper: kn > 256)."""
-        if self.warmup == "none" or self.global_batch <= self.base_batch:
+        if self.warmup == "none" or self.adascale or self.global_batch <= self.base_batch:
             return 0
         return round(self.warmup_epochs * self.steps_per_epoch)
 
@@ -45,13 +54,25 @@ class Schedule:
         return tuple(round(f * self.epochs * self.steps_per_epoch) for f in STEP_MILESTONES)
 
 
-def lr_at(step: int, s: Schedule) -> float:
+def schedule_of(cfg: Config, steps_per_epoch: int) -> Schedule:
+    """The schedule a run's options ask for, `steps_per_epoch` optimizer steps to an epoch."""
+    return Schedule(cfg.base_lr, cfg.base_batch, cfg.global_batch, steps_per_epoch, cfg.epochs, cfg.warmup,
+                    cfg.warmup_epochs, cfg.schedule, adascale=cfg.optimizer == "adascale")
+
+
+def lr_at(step: int, s: Schedule, gain: float = 1.0) -> float:
     """Learning rate for optimizer step `step` (0-based), per iteration, not per epoch.
 
     gradual: from base_lr at step 0, up by a constant amount each step, reaching peak_lr at the end of
     warmup; constant: base_lr during warmup, then a jump to peak_lr; then step (/10 at 1/3, 2/3 and
     8/9 of training) or cosine (from peak_lr at the end of warmup to 0 at the last step).
+    Under AdaScale, `gain` (from `adascale_gain`) replaces linear scaling: base_lr x gain, then the decay.
     """
+    lr = _scheduled(step, s)
+    return lr * gain / s.scale if s.adascale and s.scale > 1 else lr
+
+
+def _scheduled(step: int, s: Schedule) -> float:
     w = s.warmup_steps
     if step < w:
         if s.warmup == "constant":
@@ -61,3 +82,19 @@ def lr_at(step: int, s: Schedule) -> float:
         return s.peak_lr * 0.1 ** sum(step >= m for m in s.milestones)
     progress = (step - w) / max(1, s.total_steps - w)
     return s.peak_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def adascale_gain(trace: float, g_sq: float, base_batch: int, scale: float) -> float:
+    """AdaScale's gain r = (σ² + μ²) / (σ²/S + μ²) (Johnson et al. 2020) for a batch S times `base_batch`.
+
+    σ² = tr(Σ)/base_batch is the variance of one base-batch gradient and μ² = |G|² (both from
+    `noise.NoiseScale`). r is 1 at S = 1, approaches S when noise dominates (the linear scaling rule)
+    and 1 when it does not. Estimates that noise makes meaningless (negative, or none yet: NaN) are
+    clamped into [1, S].
+    """
+    if scale <= 1:
+        return 1.0
+    var, mu_sq = max(trace, 0.0) / base_batch, max(g_sq, 0.0)
+    if var + mu_sq == 0 or math.isnan(var + mu_sq):
+        return 1.0
+    return min(max((var + mu_sq) / (var / scale + mu_sq), 1.0), scale)

@@ -57,21 +57,6 @@ class NoiseScale:
         self.trace, self.g_sq, self.updates = state[0], state[1], int(state[2])
 
 
-def adascale_gain(trace: float, g_sq: float, base_batch: int, scale: float) -> float:
-    """AdaScale's gain r = (σ² + μ²) / (σ²/S + μ²) (Johnson et al. 2020) for a batch S times `base_batch`.
-
-    σ² = tr(Σ)/base_batch is the variance of one base-batch gradient and μ² = |G|². r is 1 at S = 1,
-    approaches S when noise dominates (the linear scaling rule) and 1 when it does not. Estimates that
-    noise makes meaningless (negative) are clamped into [1, S].
-    """
-    if scale <= 1:
-        return 1.0
-    var, mu_sq = max(trace, 0.0) / base_batch, max(g_sq, 0.0)
-    if var + mu_sq == 0 or math.isnan(var + mu_sq):
-        return 1.0
-    return min(max((var + mu_sq) / (var / scale + mu_sq), 1.0), scale)
-
-
 def critical_batch(steps: list[dict]) -> tuple[float, list[dict]]:
     """(the critical-batch estimate, about ten rows over the run for a table).
 

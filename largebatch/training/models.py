@@ -7,9 +7,9 @@ from timm.models import register_model
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
+from ..errors import UserError
 from .batchnorm import convert_batchnorm
 from .config import Config
-from .errors import UserError
 
 
 def _small_resnet(layers, channels, stem_width, stem_stride, **kwargs) -> ResNet:

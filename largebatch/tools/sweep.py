@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib.util
 import itertools
 import json
 import os
@@ -25,8 +24,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from .config import Config, parse_config
-from .errors import UserError
+from ..errors import UserError
+from ..training.config import Config, parse_config
+from ..training.recipes import recipe_of
 
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]  # W&B's default
 
@@ -110,19 +110,6 @@ def load_sweep(path: str | Path) -> Sweep:
     return Sweep(str(name), path, program, command, parameters, expand_grid(parameters))
 
 
-def _recipe_defaults(program: str) -> dict:
-    """The recipe's DEFAULTS, so each run's options are checked as the recipe will see them."""
-    path = Path(program)
-    if not path.is_file():
-        raise UserError(f"program {program} does not exist; sweep files name it relative to the folder you run from")
-    spec = importlib.util.spec_from_file_location(f"_recipe_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not isinstance(getattr(module, "DEFAULTS", None), dict):
-        raise UserError(f"program {program} is not a largebatch recipe (it defines no DEFAULTS)")
-    return module.DEFAULTS
-
-
 @dataclasses.dataclass
 class _Run:
     name: str
@@ -136,9 +123,12 @@ class _Run:
                                data_dir=self.config.data_dir), sort_keys=True)
 
 
-def plan(sweep: Sweep, out: Path) -> list[_Run]:
-    """Each run of the sweep, with its options checked before anything is launched."""
-    defaults = _recipe_defaults(sweep.program)
+def checked_runs(sweep: Sweep, out: Path) -> list[_Run]:
+    """Each run of the sweep, with its options checked against the recipe's before anything is launched."""
+    if not Path(sweep.program).is_file():
+        raise UserError(f"sweep {sweep.file}: program {sweep.program} does not exist; sweep files name it "
+                        f"relative to the folder you run from")
+    defaults = recipe_of(sweep.program)[1].defaults
     runs = []
     for params in sweep.runs:
         name = sweep.run_name(params)
@@ -160,7 +150,7 @@ def _finished_elsewhere(out: Path, here: str) -> dict[str, Path]:
             continue
         try:
             other = load_sweep(copy)
-            runs = plan(other, out)
+            runs = checked_runs(other, out)
         except UserError:
             continue  # a folder we cannot read is simply not reused
         for run in runs:
@@ -203,7 +193,7 @@ def run_sweep(path: str | Path, out: str | Path = "runs/sweeps", report_to: str 
               jobs: int | None = None, dry_run: bool = False) -> int:
     """Run the sweep's grid here; returns the number of runs that failed (diverged runs count as results)."""
     sweep, out = load_sweep(path), Path(out)
-    runs = plan(sweep, out)
+    runs = checked_runs(sweep, out)
     # A command that launches its own processes (accelerate launch) takes every GPU, one run at a time.
     per_gpu = "${interpreter}" in sweep.command
     gpus = torch.cuda.device_count() if per_gpu else 0
@@ -215,6 +205,12 @@ def run_sweep(path: str | Path, out: str | Path = "runs/sweeps", report_to: str 
         return 0
     (out / sweep.name).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(sweep.file, out / sweep.name / "sweep.yaml")
+    todo = _still_to_run(sweep, runs, out)
+    return _run_all(sweep, todo, report_to, jobs, gpus)
+
+
+def _still_to_run(sweep: Sweep, runs: list[_Run], out: Path) -> list[_Run]:
+    """The runs not finished yet; an identical run finished by another sweep is linked, not retrained."""
     elsewhere = _finished_elsewhere(out, sweep.name)
     todo = []
     for run in runs:
@@ -226,6 +222,11 @@ def run_sweep(path: str | Path, out: str | Path = "runs/sweeps", report_to: str 
             print(f"  {run.name}: the same run finished as {twin}; reusing it")
         else:
             todo.append(run)
+    return todo
+
+
+def _run_all(sweep: Sweep, todo: list[_Run], report_to: str, jobs: int, gpus: int) -> int:
+    """`jobs` runs at a time (each on its own GPU when there are GPUs), with progress; returns the failures."""
     failed, done, started_all = 0, 0, time.time()
     running: dict[subprocess.Popen, tuple] = {}  # process: (run, job slot, log file, start time)
     free = list(range(jobs))

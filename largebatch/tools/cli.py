@@ -1,17 +1,17 @@
-"""The `largebatch` command: tools that work on finished runs."""
+"""The `largebatch` command (also `python -m largebatch`): tools that work on runs."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-from . import noise, plan
-from .errors import UserError
-from .metrics import read_metrics
-from .plots import training_curves
+from ..errors import UserError
+from ..training import noise
+from ..training.metrics import read_metrics
+from ..training.recipes import RECIPES, run_recipe
+from . import figures, plan
 from .report import write_report
 from .sweep import run_sweep
 
@@ -31,25 +31,20 @@ def compare(run_dirs: list[str], plot: str) -> str:
         rows.append(f"{run.name:<28} {cfg['global_batch']:>6} {cfg['accumulation_steps']:>5} {cfg['peak_lr']:>7.3g} "
                     f"{cfg['warmup'] if cfg['warmup_steps'] else 'none':>8} {last['epoch']:>6.1f} "
                     f"{100 * last['train_error']:>8.2f} {100 * last['test_error']:>8.2f}")
-    training_curves(list(map(Path, run_dirs)), labels, Path(plot))
+    figures.training_curves(list(map(Path, run_dirs)), labels, Path(plot))
     header = f"{'run':<28} {'B':>6} {'accum':>5} {'lr':>7} {'warmup':>8} {'epoch':>6} {'train %':>8} {'test %':>8}"
     return "\n".join([header, *rows, f"training curves: {plot}"])
 
 
-def run_noise(args) -> str:
-    """Run the recipe at a small batch with accumulation, then read its noise scale off metrics.jsonl."""
+def noise_run(args) -> str:
+    """Train the recipe at a small batch with accumulation, then read its noise scale off metrics.jsonl."""
     if args.global_batch % args.micro_batch or args.global_batch == args.micro_batch:
         raise UserError(f"--global-batch {args.global_batch} must be a multiple of --micro-batch {args.micro_batch} "
                         f"(at least 2x): the noise scale compares the micro-batch's gradient with the batch's")
-    if not Path(args.program).is_file():
-        raise UserError(f"--program {args.program} does not exist")
-    cmd = [sys.executable, args.program, f"--global-batch={args.global_batch}", f"--micro-batch={args.micro_batch}",
-           f"--epochs={args.epochs:g}", f"--warmup-epochs={args.epochs / 4:g}", f"--run-dir={args.run_dir}",
-           "--resume", *args.recipe_args]
-    print(" ".join(cmd), flush=True)
-    if subprocess.run(cmd).returncode:
-        raise UserError(f"the noise run failed (its error is above); fix it and rerun, it resumes in {args.run_dir}")
-    steps, evals = read_metrics(Path(args.run_dir) / "metrics.jsonl")
+    run_recipe(args.recipe, [f"--global-batch={args.global_batch}", f"--micro-batch={args.micro_batch}",
+                             f"--epochs={args.epochs:g}", f"--warmup-epochs={args.epochs / 4:g}",
+                             f"--run-dir={args.run_dir}", "--resume", *args.recipe_args])
+    steps, _ = read_metrics(Path(args.run_dir) / "metrics.jsonl")
     cfg = json.loads((Path(args.run_dir) / "config.json").read_text())
     b_crit, rows = noise.critical_batch(steps)
     if not rows:
@@ -65,7 +60,8 @@ def run_noise(args) -> str:
     return "\n".join(lines)
 
 
-def run_plan(args) -> str:
+def plan_run(args) -> str:
+    """The planner's table for the chosen algorithm and its figure for all three."""
     w, net = plan.load_calibration(args.calibration) if args.calibration else (plan.PAPER_WORKLOAD, plan.PAPER_NETWORK)
     if args.overlap is not None:
         if not 0 <= args.overlap <= 1:
@@ -78,17 +74,29 @@ def run_plan(args) -> str:
     if not workers or min(workers) < 1:
         raise UserError(f"--workers {args.workers!r} must be positive")
     reference = min(workers) if args.calibration else 8
-    rows = {a: plan.table(w, net, workers, a, reference) for a in plan.ALGORITHMS}
-    out = plan.plot(rows, Path(args.plot))
-    return plan.report(w, net, workers, args.algorithm, reference) + f"\nplot (all three algorithms): {out}"
+    out = figures.scaling({a: plan.table(w, net, workers, a, reference) for a in plan.ALGORITHMS}, Path(args.plot))
+    return plan.render_table(w, net, workers, args.algorithm, reference) + f"\nplot (all three algorithms): {out}"
 
 
-def main(argv: list[str] | None = None) -> None:
+def sweep_run(args) -> str:
+    failed = run_sweep(args.file, args.out, args.report_to, args.jobs or None, args.dry_run)
+    if failed:
+        raise UserError(f"{failed} run(s) failed; their errors are above (or in their train.log); "
+                        f"rerun the same command to retry them")
+    return ""
+
+
+def report_run(args) -> str:
+    return f"wrote {write_report(args.runs_dir, args.out, args.tolerance / 100)} (and report.html)"
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="largebatch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("compare", help="final errors of runs side by side, and their training curves in one plot")
     p.add_argument("runs", nargs="+", help="run folders (runs/<name>)")
     p.add_argument("--plot", default="runs/compare.png", help="where to write the figure")
+    p.set_defaults(func=lambda a: compare(a.runs, a.plot))
     p = sub.add_parser("sweep", help="run a W&B grid sweep file here, one run after another (or one per GPU)")
     p.add_argument("file", help="sweep YAML, e.g. recipes/sweeps/batch_size.yaml")
     p.add_argument("--out", default="runs/sweeps", help="runs go to OUT/<sweep name>/<parameters>")
@@ -96,12 +104,14 @@ def main(argv: list[str] | None = None) -> None:
                    help="also log every run to W&B (offline without WANDB_API_KEY)")
     p.add_argument("--jobs", type=int, default=0, help="runs at a time (default: one per visible GPU, else 1)")
     p.add_argument("--dry-run", action="store_true", help="print each run's command and exit")
+    p.set_defaults(func=sweep_run)
     p = sub.add_parser("report", help="report.md + report.html with figures from a folder of sweeps")
     p.add_argument("runs_dir", help="folder of sweep folders, e.g. runs/sweeps")
     p.add_argument("--out", help="where to write the report and figures (default: RUNS_DIR)")
     p.add_argument("--tolerance", type=float, default=0.5,
                    help="percentage points a batch size may exceed the baseline's mean error by and still hold "
                         "(the band is the larger of this and 2 std of the baseline)")
+    p.set_defaults(func=report_run)
     p = sub.add_parser("plan", help="time per iteration, epoch and training run on W workers, from a network model")
     p.add_argument("--calibration", help="JSON from benchmarks/allreduce.py: this machine's measured costs "
                                          "(default: the paper's P100 servers and 50 Gbit/s Ethernet)")
@@ -109,32 +119,28 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--overlap", type=float, help="fraction of backprop the all-reduce can hide behind (default 1)")
     p.add_argument("--workers", default="8,16,32,64,128,256,512,1024", help="comma-separated W")
     p.add_argument("--plot", default="runs/plan.png", help="where to draw time to train and efficiency against W")
+    p.set_defaults(func=plan_run)
     p = sub.add_parser("noise", help="a short run at a small batch that measures the gradient noise scale and "
                                      "recommends a global batch and learning rate")
-    p.add_argument("--program", default="recipes/fashion_mnist.py", help="the recipe to run")
+    p.add_argument("--recipe", default="fashion_mnist", choices=sorted(RECIPES), help="the recipe to run")
     p.add_argument("--global-batch", type=int, default=256)
     p.add_argument("--micro-batch", type=int, default=32, help="the small batch whose gradient is compared")
     p.add_argument("--epochs", type=float, default=1)
     p.add_argument("--run-dir", default="runs/noise")
     p.add_argument("recipe_args", nargs="*", help="more recipe options, after --: -- --subset 10000")
-    args = parser.parse_args(argv)
+    p.set_defaults(func=noise_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     try:
-        if args.command == "compare":
-            print(compare(args.runs, args.plot))
-        elif args.command == "sweep":
-            failed = run_sweep(args.file, args.out, args.report_to, args.jobs or None, args.dry_run)
-            if failed:
-                raise UserError(f"{failed} run(s) failed; their errors are above (or in their train.log); "
-                                f"rerun the same command to retry them")
-        elif args.command == "noise":
-            print(run_noise(args))
-        elif args.command == "plan":
-            print(run_plan(args))
-        elif args.command == "report":
-            print(f"wrote {write_report(args.runs_dir, args.out, args.tolerance / 100)} (and report.html)")
+        out = args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    if out:
+        print(out)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UserError
 from .augment import crop_flip, example_hash
-from .errors import UserError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_HOWTO = ("install it with `apt-get install dataset-fashion-mnist` (files land in "

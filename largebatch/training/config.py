@@ -13,60 +13,74 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UserError
+from ..errors import UserError
 
 
-def _opt(default, help, choices=None):
-    return field(default=default, metadata={"help": help, "choices": choices})
+def _field(default, help, choices, trajectory: bool):
+    return field(default=default, metadata={"help": help, "choices": choices, "trajectory": trajectory})
+
+
+def _trajectory(default, help, choices=None):
+    """An option that shapes the training trajectory: a resumed run must match its checkpoint in it."""
+    return _field(default, help, choices, trajectory=True)
+
+
+def _operational(default, help, choices=None):
+    """An option about where and how a run is stored, loaded and logged: free to change on resume."""
+    return _field(default, help, choices, trajectory=False)
 
 
 @dataclass
 class Config:
+    """Every option of a run. Each field is declared `_trajectory` (it shapes what is trained: a resume
+    must match the checkpoint in it) or `_operational` (where and how the run is stored and logged)."""
     # The batch: B = micro_batch x world size x accumulation steps.
-    global_batch: int = _opt(256, "examples per optimizer step, over all devices and accumulation steps (kn)")
-    micro_batch: int = _opt(32, "examples per device per forward/backward pass (at most: a smaller global "
-                            "batch runs B / devices in one pass)")
-    epochs: float = _opt(90, "training length in epochs (an epoch is len(train) // global_batch steps)")
+    global_batch: int = _trajectory(256, "examples per optimizer step, over all devices and accumulation steps (kn)")
+    micro_batch: int = _trajectory(32, "examples per device per forward/backward pass (at most: a smaller global "
+                                   "batch runs B / devices in one pass)")
+    epochs: float = _trajectory(90, "training length in epochs (an epoch is len(train) // global_batch steps)")
     # The paper's recipe.
-    base_lr: float = _opt(0.1, "learning rate at --base-batch; scaled linearly to the global batch")
-    base_batch: int = _opt(256, "batch size that --base-lr belongs to")
-    warmup: str = _opt("gradual", "warmup kind (paper: gradual)", ["gradual", "constant", "none"])
-    warmup_epochs: float = _opt(5, "warmup length in epochs, counted in optimizer steps")
-    schedule: str = _opt("step", "decay after warmup: step (/10 at 1/3, 2/3, 8/9) or cosine", ["step", "cosine"])
-    bn: str = _opt("ghost", "BatchNorm statistics: ghost groups of --bn-batch, the plain micro-batch, or "
-                   "synchronized across devices", ["ghost", "micro", "sync"])
-    bn_batch: int = _opt(32, "examples per BatchNorm group with --bn ghost (the paper's n)")
-    zero_init_last: bool = _opt(True, "start the last BN gamma of every residual block at zero")
-    momentum: float = _opt(0.9, "SGD momentum")
-    weight_decay: float = _opt(1e-4, "weight decay on conv/linear weights (never on BN or biases)")
-    wd_scaling: str = _opt("none", "'inverse' scales weight decay by base_batch/global_batch: an ablation of "
-                           "a popular misreading, not the paper", ["none", "inverse"])
-    optimizer: str = _opt("sgd", "sgd: the paper's; lars: layer-wise trust ratios (You et al. 2017; not on BN or "
-                          "biases); adascale: the rate's gain over --base-lr from measured gradient noise (Johnson "
-                          "et al. 2020), instead of linear scaling and warmup", ["sgd", "lars", "adascale"])
+    base_lr: float = _trajectory(0.1, "learning rate at --base-batch; scaled linearly to the global batch")
+    base_batch: int = _trajectory(256, "batch size that --base-lr belongs to")
+    warmup: str = _trajectory("gradual", "warmup kind (paper: gradual)", ["gradual", "constant", "none"])
+    warmup_epochs: float = _trajectory(5, "warmup length in epochs, counted in optimizer steps")
+    schedule: str = _trajectory("step", "decay after warmup: step (/10 at 1/3, 2/3, 8/9) or cosine",
+                                ["step", "cosine"])
+    bn: str = _trajectory("ghost", "BatchNorm statistics: ghost groups of --bn-batch, the plain micro-batch, or "
+                          "synchronized across devices", ["ghost", "micro", "sync"])
+    bn_batch: int = _trajectory(32, "examples per BatchNorm group with --bn ghost (the paper's n)")
+    zero_init_last: bool = _trajectory(True, "start the last BN gamma of every residual block at zero")
+    momentum: float = _trajectory(0.9, "SGD momentum")
+    weight_decay: float = _trajectory(1e-4, "weight decay on conv/linear weights (never on BN or biases)")
+    wd_scaling: str = _trajectory("none", "'inverse' scales weight decay by base_batch/global_batch: an ablation "
+                                  "of a popular misreading, not the paper", ["none", "inverse"])
+    optimizer: str = _trajectory("sgd", "sgd: the paper's; lars: layer-wise trust ratios (You et al. 2017; not on "
+                                 "BN or biases); adascale: the rate's gain over --base-lr from measured gradient "
+                                 "noise (Johnson et al. 2020), instead of linear scaling and warmup",
+                                 ["sgd", "lars", "adascale"])
     # You et al.'s 0.001 goes with LARS's own, much larger global rate; under the linear scaling rule's rate,
     # 0.02 (apex LARC's default) keeps a layer's step in the range plain SGD takes.
-    lars_trust: float = _opt(0.02, "LARS trust coefficient: a layer's step is the rate times this times its weight "
-                             "norm (over its gradient norm plus weight decay)")
-    momentum_form: str = _opt("torch", "torch: u=m*u+g, w-=lr*u; paper: eq. 10 with momentum correction",
-                              ["torch", "paper"])
+    lars_trust: float = _trajectory(0.02, "LARS trust coefficient: a layer's step is the rate times this times its "
+                                    "weight norm (over its gradient norm plus weight decay)")
+    momentum_form: str = _trajectory("torch", "torch: u=m*u+g, w-=lr*u; paper: eq. 10 with momentum correction",
+                                     ["torch", "paper"])
     # What to train on.
-    model: str = _opt("resnet_fmnist", "timm model name")
-    data_dir: str = _opt("", "folder holding the data set files (recipe default if empty)")
-    subset: int = _opt(0, "train on the first N training examples only (0: all)")
-    workers: int = _opt(0, "data-loading worker processes per device (0: load in the training process)")
-    seed: int = _opt(0, "seed for initialization, data order and augmentation")
+    model: str = _trajectory("resnet_fmnist", "timm model name")
+    data_dir: str = _operational("", "folder holding the data set files (recipe default if empty)")
+    subset: int = _trajectory(0, "train on the first N training examples only (0: all)")
+    workers: int = _operational(0, "data-loading worker processes per device (0: load in the training process)")
+    seed: int = _trajectory(0, "seed for initialization, data order and augmentation")
     # Where results go.
-    run_dir: str = _opt("", "output folder (default runs/<dataset>-B<global batch>-seed<seed>)")
-    resume: bool = _opt(False, "continue from the newest checkpoint in --run-dir")
-    checkpoint_every: int = _opt(0, "save a checkpoint every N optimizer steps (0: at the end of each epoch)")
-    keep_checkpoints: int = _opt(2, "how many checkpoints to keep")
-    eval_every: float = _opt(1, "evaluate every N epochs")
-    report_to: str = _opt("none", "also log to W&B (offline without WANDB_API_KEY)", ["none", "wandb"])
-    wandb_project: str = _opt("largebatch", "W&B project name")
-    dry_run: bool = _opt(False, "print the run header (batch split, scaled rate, warmup) and exit")
-    allow_change: str = _opt("", "with --resume: comma-separated options (or 'dataset') the checkpoint may "
-                             "differ in, e.g. global_batch,epochs")
+    run_dir: str = _operational("", "output folder (default runs/<dataset>-B<global batch>-seed<seed>)")
+    resume: bool = _operational(False, "continue from the newest checkpoint in --run-dir")
+    checkpoint_every: int = _operational(0, "save a checkpoint every N optimizer steps (0: at the end of each epoch)")
+    keep_checkpoints: int = _operational(2, "how many checkpoints to keep")
+    eval_every: float = _operational(1, "evaluate every N epochs")
+    report_to: str = _operational("none", "also log to W&B (offline without WANDB_API_KEY)", ["none", "wandb"])
+    wandb_project: str = _operational("largebatch", "W&B project name")
+    dry_run: bool = _operational(False, "print the run header (batch split, scaled rate, warmup) and exit")
+    allow_change: str = _operational("", "with --resume: comma-separated options (or 'dataset') the checkpoint may "
+                                     "differ in, e.g. global_batch,epochs")
 
     def validate(self) -> "Config":
         for f in dataclasses.fields(self):
@@ -127,11 +141,7 @@ class Config:
 
     def trajectory(self) -> dict:
         """The fields that shape the training trajectory (not where or how it is logged)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in OPERATIONAL}
-
-
-OPERATIONAL = frozenset({"run_dir", "resume", "checkpoint_every", "keep_checkpoints", "report_to",
-                         "wandb_project", "dry_run", "workers", "eval_every", "data_dir", "allow_change"})
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["trajectory"]}
 
 
 def _kind(f: dataclasses.Field) -> type:

@@ -16,16 +16,11 @@ import re
 import statistics
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .errors import UserError  # noqa: E402
-from .metrics import read_metrics  # noqa: E402
-from .noise import critical_batch  # noqa: E402
-from .plots import save  # noqa: E402
-from .sweep import load_sweep  # noqa: E402
+from ..errors import UserError
+from ..training.metrics import read_metrics
+from ..training.noise import critical_batch
+from . import figures
+from .sweep import load_sweep
 
 TITLES = {"warmup": "Warmup", "bn": "BatchNorm statistics", "wd_scaling": "Weight decay",
           "base_lr": "Learning-rate sensitivity", "momentum_form": "Momentum form", "optimizer": "Optimizer"}
@@ -165,52 +160,22 @@ def scaling_limit(sweep: SweepResult, base: Group, tolerance: float) -> tuple[Gr
 
 def plot_error_vs_batch(sweep: SweepResult, base: Group | None, band: float, out: Path) -> Path:
     groups = sorted(sweep.groups, key=lambda g: g.label["global_batch"])
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    if base is not None:
-        ax.axhspan(100 * (base.mean - band), 100 * (base.mean + band), color="0.85",
-                   label=f"baseline B={base.label['global_batch']} ± band")
-        ax.axhline(100 * base.mean, color="0.4", lw=0.8)
-    ok = [g for g in groups if g.ok]
-    ax.errorbar([g.label["global_batch"] for g in ok], [100 * g.mean for g in ok],
-                yerr=[100 * g.std if len(g.ok) > 1 else 0 for g in ok], fmt="-o", capsize=3,
-                label="test error, mean ± std over seeds")
-    dead = [g.label["global_batch"] for g in groups if not g.ok]
-    if dead:
-        top = max([100 * g.mean for g in ok] or [1])
-        ax.plot(dead, [top * 1.1] * len(dead), "rx", ms=9, label="diverged")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks([g.label["global_batch"] for g in groups])
-    ax.set_xticklabels([_batch(g.label["global_batch"]) for g in groups])
-    ax.set(xlabel="global minibatch size kn", ylabel="test error %", title="error vs minibatch size")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return save(fig, out)
+    baseline = None if base is None else (f"baseline B={base.label['global_batch']}", 100 * base.mean, 100 * band)
+    return figures.error_vs_batch([g.label["global_batch"] for g in groups],
+                                  [_batch(g.label["global_batch"]) for g in groups],
+                                  [100 * g.mean if g.ok else None for g in groups],
+                                  [100 * g.std if len(g.ok) > 1 else 0 for g in groups], baseline, out)
 
 
 def plot_curves(sweep: SweepResult, base: Group | None, out: Path) -> Path:
-    """One panel per group: its training error over epochs laid over the baseline's (the paper's Fig. 2/4)."""
-    groups = [g for g in sweep.groups if g is not base]
-    cols = min(4, len(groups))
-    rows = math.ceil(len(groups) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.7 * rows), sharey=True, squeeze=False)
-    for ax, g in zip(axes.flat, groups):
-        if base is not None:
-            ax.plot(*_pct(base.curve()), color="0.3", label=f"baseline B={base.label['global_batch']}")
-        ax.plot(*_pct(g.curve()), color="C3", label=_label(g.label))
-        ax.set(xlabel="epoch", title=_label(g.label))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    for ax in axes.flat[len(groups):]:
-        ax.set_visible(False)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("training error %")
-    return save(fig, out)
+    """One panel per group: its training error over epochs laid over the baseline's."""
+    panels = [(_label(g.label), *_pct(g.curve())) for g in sweep.groups if g is not base]
+    baseline = None if base is None else (f"baseline B={base.label['global_batch']}", *_pct(base.curve()))
+    return figures.curves_over_baseline(panels, baseline, out)
 
 
 def _pct(curve):
     return curve[0], [100 * v for v in curve[1]]
-
-
 
 
 def _batch(b: int) -> str:

@@ -1,0 +1,4 @@
+"""`python -m largebatch ...` is the `largebatch` command."""
+from .tools.cli import main
+
+main()

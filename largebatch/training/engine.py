@@ -1,0 +1,271 @@
+"""The training loop every recipe shares, read top to bottom.
+
+`train` builds the Accelerator (launch.py), then `prepare` turns the options into a `Run`: the batch
+split, the schedule, the run folder, the prepared model and optimizer, and the checkpoint it resumes
+from. `train_loop` then takes one optimizer step at a time (step.py) with the rate the schedule gives
+(schedule.py), logs it, and evaluates and checkpoints when due.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from . import checkpoint
+from .config import Config
+from .evaluate import evaluate
+from .launch import finish, make_accelerator, run_dir_of, start_wandb, uses_wandb
+from .metrics import MetricsLog, write_summary
+from .noise import NoiseScale
+from .optim import build_optimizer
+from .schedule import Schedule, adascale_gain, lr_at, schedule_of
+from .sharding import batch_loader, epoch_order, micro_batches
+from .step import NonFinite, StepStats, Stepper
+
+NOISE_DECAY = 0.95  # moving average of the noise estimates over about 20 optimizer steps
+
+
+class Diverged(UserError):
+    """A non-finite loss or gradient: the run stops before the bad update reaches a checkpoint."""
+
+
+@dataclasses.dataclass
+class Run:
+    """What one training run holds: made by `prepare`, read and advanced by `train_loop`."""
+    cfg: Config
+    data: object
+    accelerator: Accelerator
+    sched: Schedule
+    micro: int  # examples per device per pass
+    accumulation: int
+    data_id: dict  # the data set's name, size and classes: a checkpoint must match it
+    run_dir: Path
+    stepper: Stepper | None = None
+    log: MetricsLog | None = None
+    noise: NoiseScale | None = None  # with accumulation (and not under DeepSpeed)
+    start: int = 0  # the first optimizer step still to take
+    seen: torch.Tensor | None = None  # training loss sum, wrong, examples since the last evaluation
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+
+def train(cfg: Config, data, model: torch.nn.Module, dataset: str = "data") -> dict:
+    """Train `model` on `data` as `cfg` says; returns the last evaluation row ({} for --dry-run).
+
+    A process group that exists before the call is the caller's and outlives it.
+    """
+    callers_group = dist.is_initialized()
+    accelerator = make_accelerator(cfg)
+    try:
+        run = prepare(cfg, data, model, dataset, accelerator)
+        return train_loop(run) if run else {}
+    finally:
+        finish(accelerator, callers_group)
+
+
+def train_loop(run: Run) -> dict:
+    """Optimizer steps from `run.start` to the end, evaluating and checkpointing when due."""
+    cfg, sched, acc = run.cfg, run.sched, run.accelerator
+    total, per_epoch = sched.total_steps, sched.steps_per_epoch
+    eval_steps, ckpt_steps = max(1, round(cfg.eval_every * per_epoch)), cfg.checkpoint_every or per_epoch
+    bar = tqdm(total=total * cfg.global_batch, initial=run.start * cfg.global_batch, unit="img", unit_scale=True,
+               disable=not acc.is_local_main_process, mininterval=2, dynamic_ncols=True)
+    last_eval, batches = {}, None
+    try:
+        for step in range(run.start, total):
+            epoch, s = divmod(step, per_epoch)
+            if batches is None or s == 0:
+                batches = _epoch_batches(run, epoch, s)
+            gain = adascale_gain(*run.noise.estimates(), cfg.base_batch, sched.scale) if sched.adascale else None
+            lr = lr_at(step, sched, gain or 1.0)
+            for group in run.stepper.optimizer.param_groups:
+                group["lr"] = lr
+            stats = run.stepper.step(batches)
+            _log_step(run, step, lr, gain, stats, bar)
+            done = step + 1
+            if done % eval_steps == 0 or done == total:
+                last_eval = _evaluate(run, step, bar)
+            if done % ckpt_steps == 0 or done == total:
+                _save(run, done)
+    except NonFinite as e:
+        message = _divergence(run, e.what, step, lr)
+        if acc.is_main_process:
+            write_summary(run.run_dir, "diverged", message=message)
+        raise Diverged(message) from None
+    finally:
+        bar.close()  # before any error message, so that message is the last line
+    if acc.is_main_process:
+        write_summary(run.run_dir, "finished")
+    return last_eval
+
+
+def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator: Accelerator) -> Run | None:
+    """Check the launch, print the run header, open the run folder and restore the checkpoint to resume
+    from; None for --dry-run, after the header."""
+    W = accelerator.num_processes
+    micro, A = cfg.split(W)
+    accelerator.gradient_accumulation_steps = A
+    num_train = cfg.subset or data.num_train
+    if num_train > data.num_train:
+        raise UserError(f"--subset {cfg.subset} exceeds the {data.num_train} training examples")
+    if num_train < cfg.global_batch:
+        raise UserError(f"--global-batch {cfg.global_batch} is larger than the {num_train} training examples")
+    sched = schedule_of(cfg, num_train // cfg.global_batch)
+    accelerator.print(run_header(cfg, W, micro, A, sched))
+    deepspeed = accelerator.state.deepspeed_plugin is not None
+    # The noise scale needs a gradient over part of the batch: the first micro-batch's, so accumulation.
+    measure_noise = A > 1 and not deepspeed
+    _check_launch(cfg, accelerator, A, measure_noise)
+    if cfg.dry_run:
+        return None
+    data_id = dict(name=dataset, num_train=num_train, num_classes=data.num_classes)
+    run = Run(cfg, data, accelerator, sched, micro, A, data_id, run_dir_of(cfg, dataset),
+              noise=NoiseScale(NOISE_DECAY) if measure_noise else None)
+    resume_from, progress = checkpoint.resume_point(cfg, run.ckpt_dir, data_id)
+    _open_run_dir(run, W)
+    optimizer = build_optimizer(cfg, model, lr_at(0, sched))
+    if deepspeed:
+        # We prepare no dataloader, so DeepSpeed learns the micro-batch from us; no clipping: not the paper's.
+        accelerator.state.deepspeed_plugin.deepspeed_config.update(
+            train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=A, gradient_clipping=0.0)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    run.stepper = Stepper(accelerator, model, optimizer, A, measure_noise)
+    run.log = MetricsLog(run.run_dir / "metrics.jsonl", accelerator)
+    _restore(run, resume_from, progress)
+    return run
+
+
+def run_header(cfg: Config, world_size: int, micro: int, accumulation: int, sched: Schedule) -> str:
+    return (f"global batch {cfg.global_batch} = micro-batch {micro} x {world_size} processes x "
+            f"{accumulation} accumulation steps | lr {cfg.base_lr:g} x {cfg.global_batch}/{cfg.base_batch} = "
+            f"{sched.peak_lr:g} | warmup {cfg.warmup if sched.warmup_steps else 'none'} "
+            f"{sched.warmup_steps} steps | {sched.total_steps} steps ({sched.steps_per_epoch}/epoch), "
+            f"{cfg.schedule} decay | BN {cfg.bn}" + (f" n={cfg.bn_batch}" if cfg.bn == "ghost" else ""))
+
+
+# ---- the helpers of `prepare` ---------------------------------------------------------------------
+
+def _check_launch(cfg: Config, accelerator: Accelerator, accumulation: int, measure_noise: bool) -> None:
+    if cfg.optimizer == "adascale" and not measure_noise:
+        raise UserError(f"--optimizer adascale measures gradient noise from micro-batches, so it needs gradient "
+                        f"accumulation (now {accumulation}) and no DeepSpeed; use a smaller --micro-batch")
+    if cfg.dry_run:
+        return
+    W, cpu = accelerator.num_processes, accelerator.device.type == "cpu"
+    if cfg.bn == "sync" and W == 1:
+        accelerator.print("note: --bn sync with one process is plain micro-batch BN")
+    if cfg.bn == "sync" and W > 1 and cpu:
+        raise UserError("--bn sync needs GPUs (torch's SyncBatchNorm runs only on GPU modules); on CPU use "
+                        "--bn ghost, the paper's per-worker BN, or --bn micro")
+    if cpu and accelerator.mixed_precision != "no":
+        accelerator.print(f"warning: {accelerator.mixed_precision} on CPU is often 5-40x slower than fp32")
+
+
+def _open_run_dir(run: Run, world_size: int) -> None:
+    """config.json (every option plus the derived batch split and schedule), and W&B when asked."""
+    cfg, sched = run.cfg, run.sched
+    info = dict(dataclasses.asdict(cfg), dataset=run.data_id["name"], world_size=world_size,
+                micro_batch_used=run.micro, accumulation_steps=run.accumulation, peak_lr=sched.peak_lr,
+                warmup_steps=sched.warmup_steps, total_steps=sched.total_steps,
+                steps_per_epoch=sched.steps_per_epoch)
+    if run.accelerator.is_main_process:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        (run.run_dir / "config.json").write_text(json.dumps(info, indent=2))
+    if uses_wandb(cfg):
+        start_wandb(run.accelerator, cfg, run.run_dir, info)
+
+
+def _restore(run: Run, resume_from: Path | None, progress: dict) -> None:
+    """Model, optimizer, RNG states, the step, the running training statistics and the noise averages."""
+    acc = run.accelerator
+    run.seen = torch.zeros(3, device=acc.device)
+    if resume_from:
+        try:
+            acc.load_state(str(resume_from))
+        except Exception as e:  # whatever the mismatch, the user needs the checkpoint and the option named
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            raise UserError(f"checkpoint {resume_from} does not fit this --model/optimizer "
+                            f"({type(e).__name__}: {first})") from None
+        run.start = min(progress["examples"] // run.cfg.global_batch, run.sched.total_steps)
+        run.seen = torch.tensor(progress["train_stats"], device=acc.device)
+        if run.noise is not None and progress.get("noise"):
+            run.noise.load(progress["noise"])
+        acc.print(f"resuming from {resume_from} at step {run.start}")
+    elif run.cfg.resume:
+        acc.print(f"no checkpoint in {run.ckpt_dir}; starting from step 0")
+    run.log.start(progress["metrics_bytes"] if resume_from else 0)
+
+
+# ---- the helpers of `train_loop` ------------------------------------------------------------------
+
+def _epoch_batches(run: Run, epoch: int, first_step: int):
+    """This rank's micro-batches (images, labels) for the rest of the epoch, from step `first_step` on."""
+    cfg, acc = run.cfg, run.accelerator
+    order = epoch_order(run.data_id["num_train"], cfg.global_batch, cfg.seed, epoch)
+    lists = [idx for row in order[first_step:]
+             for idx in micro_batches(row, acc.process_index, acc.num_processes, run.accumulation)]
+    fetch = functools.partial(run.data.train_batch, seed=cfg.seed, epoch=epoch)
+    return iter(batch_loader(fetch, lists, cfg.workers))
+
+
+def _log_step(run: Run, step: int, lr: float, gain: float | None, stats: StepStats, bar) -> None:
+    """The step's row in metrics.jsonl (and W&B), the noise-scale update, and the progress bar."""
+    cfg, per_epoch = run.cfg, run.sched.steps_per_epoch
+    run.seen += torch.stack(stats[:3])
+    row = {} if gain is None else {"gain": gain}
+    if run.noise is not None:
+        W = run.accelerator.num_processes
+        # Mean over ranks of the local micro-batch norms; the batch norm is the same on all.
+        run.noise.update(stats.micro_grad_sq.item() / W, run.micro, stats.batch_grad_sq.item() / W,
+                         cfg.global_batch)
+        row.update(zip(("grad_var", "grad_sq"), run.noise.estimates()), noise_scale=run.noise.b_simple)
+    loss = stats.loss
+    run.log.log(dict(step=step, epoch=(step + 1) / per_epoch, lr=lr, loss=loss,
+                     examples=(step + 1) * cfg.global_batch, **row), step=step)
+    bar.update(cfg.global_batch)
+    bar.set_postfix(epoch=f"{(step + 1) / per_epoch:.2f}", lr=f"{lr:.3g}", loss=f"{loss:.3f}",
+                    refresh=False)  # the bar redraws every `mininterval`, not at every step
+
+
+def _evaluate(run: Run, step: int, bar) -> dict:
+    """Test error and loss, and the training error since the last evaluation; logged and printed."""
+    test_error, test_loss = evaluate(run.cfg, run.accelerator, run.stepper.model, run.data)
+    row = dict(epoch=(step + 1) / run.sched.steps_per_epoch, train_error=(run.seen[1] / run.seen[2]).item(),
+               test_error=test_error, test_loss=test_loss)
+    run.seen.zero_()
+    run.log.log(row, step=step)
+    if run.accelerator.is_local_main_process:
+        bar.write(f"epoch {row['epoch']:.2f}: train error {row['train_error']:.4f}, "
+                  f"test error {test_error:.4f}, test loss {test_loss:.4f}")
+    return row
+
+
+def _save(run: Run, done: int) -> None:
+    checkpoint.save(run.accelerator, run.ckpt_dir, done, dict(
+        step=done, examples=done * run.cfg.global_batch, config=run.cfg.trajectory(), dataset=run.data_id,
+        metrics_bytes=run.log.synced_size(), train_stats=run.seen.tolist(),
+        noise=run.noise.state() if run.noise else None), run.cfg.keep_checkpoints)
+
+
+def _divergence(run: Run, what: str, step: int, lr: float) -> str:
+    """The one line a diverged run ends with: where, at what rate, the likely cause, where to resume."""
+    cfg, sched = run.cfg, run.sched
+    if cfg.warmup == "none" and cfg.global_batch > cfg.base_batch:
+        cause = "no warmup at a large batch: use --warmup gradual"
+    elif step < sched.warmup_steps:
+        cause = "the rate rises too fast or too high: lengthen --warmup-epochs or lower --base-lr"
+    else:
+        cause = f"the rate is too high for global batch {cfg.global_batch}: lower --base-lr or the batch"
+    kept = checkpoint.completed(run.ckpt_dir)
+    last = f"; the last good checkpoint {kept[-1]} is intact (--resume continues from it)" if kept else ""
+    return f"training diverged: {what} is not finite at step {step}, learning rate {lr:.4g}; likely cause: {cause}{last}"

@@ -1,0 +1,88 @@
+"""Launch plumbing: the Accelerator and its process group, torchrun restarts, W&B set-up, run folders.
+
+Nothing here is the paper's recipe; it is what makes one `accelerate launch` line train the same way on
+CPU processes, GPUs and clusters.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs
+
+from ..errors import UserError
+from .config import Config
+
+
+def init_gloo_for_this_attempt() -> None:
+    """The gloo process group, its rendezvous keys namespaced by torchrun's restart count.
+
+    After `--max_restarts` relaunches the workers, the rendezvous store still holds the dead workers'
+    addresses; without a fresh namespace gloo may connect to them and fail (pytorch#167288).
+    Accelerate keeps a process group that already exists.
+    """
+    store, rank, world_size = next(dist.rendezvous("env://"))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group("gloo", store=dist.PrefixStore(f"largebatch/attempt_{attempt}", store),
+                            rank=rank, world_size=world_size)
+
+
+def make_accelerator(cfg: Config) -> Accelerator:
+    """An Accelerator that is really distributed on CPU too.
+
+    Without `cpu=True` Accelerate on a CPU-only machine silently trains each launched process alone;
+    DeepSpeed on CPU needs the gloo backend named explicitly.
+    """
+    cpu = not torch.cuda.is_available()
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    # Named only when launched: for a lone process the backend would make Accelerate expect a process group.
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if cpu and launched > 1 else []
+    if cpu and launched > 1 and not dist.is_initialized():
+        init_gloo_for_this_attempt()
+    accelerator = Accelerator(cpu=cpu, kwargs_handlers=handlers, log_with="wandb" if uses_wandb(cfg) else None)
+    actual = dist.get_world_size() if dist.is_initialized() else 1
+    if accelerator.num_processes != launched or actual != launched:
+        raise UserError(f"launched {launched} processes but Accelerate sees {accelerator.num_processes} and "
+                        f"torch.distributed {actual}: each would train alone; launch with an accelerate "
+                        f"config from accelerate_configs/ (on CPU: ACCELERATE_USE_CPU=1)")
+    if cpu and "OMP_NUM_THREADS" not in os.environ:
+        # Share the cores among the processes on this machine instead of oversubscribing them.
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    return accelerator
+
+
+def finish(accelerator: Accelerator, callers_group: bool) -> None:
+    """Close the trackers; tear the process group down only if the engine made it (gloo aborts at exit
+    otherwise), so a caller's group outlives the run and one process can train several times."""
+    if callers_group:
+        for tracker in accelerator.trackers:
+            tracker.finish()
+    else:
+        accelerator.end_training()
+
+
+def uses_wandb(cfg: Config) -> bool:
+    """--report-to wandb, or launched by `wandb agent` (it sets WANDB_SWEEP_ID): log to that sweep."""
+    return cfg.report_to == "wandb" or bool(os.environ.get("WANDB_SWEEP_ID"))
+
+
+def start_wandb(accelerator: Accelerator, cfg: Config, run_dir: Path, config: dict) -> None:
+    """Log to W&B: offline without WANDB_API_KEY (`wandb sync` uploads later); its files, cache and
+    offline runs stay inside `run_dir`."""
+    os.environ.setdefault("WANDB_MODE", "online" if os.environ.get("WANDB_API_KEY") else "offline")
+    for var, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", "wandb/cache"), ("WANDB_DATA_DIR", "wandb/data")):
+        os.environ.setdefault(var, str((run_dir / sub).resolve()))
+    accelerator.init_trackers(cfg.wandb_project, config=config, init_kwargs={"wandb": {"name": run_dir.name}})
+
+
+def run_dir_of(cfg: Config, dataset: str) -> Path:
+    """--run-dir; by default runs/<dataset>-B<batch>-seed<seed>, or one folder per run of a W&B agent."""
+    if cfg.run_dir:
+        return Path(cfg.run_dir)
+    if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
+        return Path(f"runs/wandb-sweep-{os.environ['WANDB_SWEEP_ID']}/{os.environ['WANDB_RUN_ID']}")
+    return Path(f"runs/{dataset}-B{cfg.global_batch}-seed{cfg.seed}")

@@ -1,0 +1,87 @@
+"""One optimizer step over gradient-accumulation micro-batches, and what it measured.
+
+Accelerate's `accumulate` skips the all-reduce and the optimizer step until the last micro-batch;
+`accelerator.backward` divides each micro-batch's mean loss by the accumulation steps, so the update is
+the gradient of the mean loss over all B examples. A non-finite gradient stops the step before the
+optimizer applies it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+
+
+class StepStats(NamedTuple):
+    """One optimizer step's sums on this rank, or over all ranks after `summed`."""
+    loss_sum: torch.Tensor  # cross-entropy summed over the examples
+    wrong: torch.Tensor  # misclassified examples (before the update)
+    examples: torch.Tensor
+    micro_grad_sq: torch.Tensor  # |first micro-batch's mean gradient|² (noise scale; 0 when not measured)
+    batch_grad_sq: torch.Tensor  # |the step's all-reduced mean gradient|²
+
+    def summed(self, accelerator: Accelerator) -> "StepStats":
+        """Summed over all ranks, in one all-reduce."""
+        return StepStats(*accelerator.reduce(torch.stack(self), "sum"))
+
+    @property
+    def loss(self) -> float:
+        return (self.loss_sum / self.examples).item()
+
+
+class NonFinite(Exception):
+    """The loss or the gradient of a step is not finite; `what` says which."""
+
+    def __init__(self, what: str):
+        super().__init__(what)
+        self.what = what
+
+
+class Stepper:
+    """Takes optimizer steps of `accumulation` micro-batches with a prepared model and optimizer."""
+
+    def __init__(self, accelerator: Accelerator, model: torch.nn.Module, optimizer, accumulation: int,
+                 measure_noise: bool):
+        self.accelerator, self.model, self.optimizer = accelerator, model, optimizer
+        self.accumulation, self.measure_noise = accumulation, measure_noise
+        # Listed once: walking the module tree at every step costs ~0.2 ms, 0.25% of a small CPU step.
+        self.params = list(model.parameters())
+
+    def grad_sq(self) -> torch.Tensor:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        return torch.nn.utils.get_total_norm(grads).float() ** 2 if grads else torch.zeros(())
+
+    def step(self, batches: Iterator) -> StepStats:
+        """One update from the next `accumulation` micro-batches; its statistics summed over all ranks.
+
+        Raises NonFinite before the optimizer applies a non-finite gradient (the all-reduced gradient
+        is the same on every rank, so all ranks raise together) and after a step with a non-finite loss.
+        """
+        acc, device = self.accelerator, self.accelerator.device
+        zero = torch.zeros((), device=device)
+        loss_sum, wrong, examples, micro_sq, batch_sq = zero, zero, zero, zero, zero
+        for a in range(self.accumulation):
+            x, y = (t.to(device, non_blocking=True) for t in next(batches))
+            with acc.accumulate(self.model):
+                out = self.model(x)
+                loss = F.cross_entropy(out, y)
+                acc.backward(loss)
+                if a == 0 and self.measure_noise:
+                    # Still local (not yet all-reduced), and scaled back from backward's 1/A.
+                    micro_sq = self.accumulation ** 2 * self.grad_sq()
+                if acc.sync_gradients:
+                    batch_sq = self.grad_sq()
+                    if not torch.isfinite(batch_sq):
+                        raise NonFinite("the gradient")
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            loss_sum = loss_sum + loss.detach().float() * len(y)
+            wrong = wrong + (out.argmax(1) != y).sum().float()
+            examples = examples + len(y)
+        stats = StepStats(loss_sum, wrong, examples, micro_sq.to(device), batch_sq.to(device)).summed(acc)
+        if not math.isfinite(stats.loss):
+            raise NonFinite("the loss")
+        return stats
