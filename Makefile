@@ -1,5 +1,5 @@
 # make demo: set up on a fresh Debian machine and train Fashion-MNIST at B=256 and B=4096 (emulated).
-# make test: set up and run the test suite.
+# make test: set up and run the test suite; make test-fast: the unit tests only (no training).
 # make bench: engine-vs-bare throughput and all-reduce costs on this machine (runs/bench).
 # make results: run the Fashion-MNIST sweeps and write their report to docs/results/fashion-mnist.
 PY ?= python3
@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test results bench clean
+.PHONY: setup demo test test-fast results bench imports clean
 
 setup: $(STAMP) $(FMNIST)
 
@@ -45,6 +45,15 @@ bench: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# The library's import graph (docs/imports.svg), drawn by pydeps with Debian's graphviz.
+imports: setup
+	command -v dot >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq graphviz)
+	$(BIN)/pip install -q pydeps
+	$(BIN)/pydeps largebatch --only largebatch --no-show --rankdir LR -T svg -o docs/imports.svg
 
 clean:
 	rm -rf runs $(VENV)
