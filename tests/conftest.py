@@ -1,10 +1,13 @@
+import gzip
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -19,19 +22,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(script, args, nproc=1, check=True, timeout=600):
-    """Run a recipe-like script as a user would: plain python for 1 process, accelerate launch for more."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1", OMP_NUM_THREADS=str(max(1, 2 // nproc)))
+def launch_command(script, args, nproc=1, config="cpu_2proc.yaml") -> list[str]:
+    """A recipe-like script as a user would start it: plain python for 1 process, accelerate launch for more
+    (with `config` from accelerate_configs/, in fp32: the ZeRO configs' bf16 is for GPUs)."""
     if nproc == 1:
-        cmd = [sys.executable, str(script)]
-    else:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "accelerate_configs/cpu_2proc.yaml"), "--num_processes", str(nproc),
-               "--main_process_port", str(free_port()), str(script)]
-    proc = subprocess.run(cmd + [str(a) for a in args], cwd=ROOT, env=env, capture_output=True, text=True,
+        return [sys.executable, str(script), *map(str, args)]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+            str(ROOT / "accelerate_configs" / config), "--num_processes", str(nproc), "--mixed_precision", "no",
+            "--main_process_port", str(free_port()), str(script), *map(str, args)]
+
+
+def launch_env(nproc=1, **extra) -> dict:
+    return dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1", OMP_NUM_THREADS=str(max(1, 2 // nproc)), **extra)
+
+
+def launch(script, args, nproc=1, check=True, timeout=600, config="cpu_2proc.yaml", **env):
+    """Run a recipe-like script as a user would (see `launch_command`); `env` adds environment variables."""
+    cmd = launch_command(script, args, nproc, config)
+    proc = subprocess.run(cmd, cwd=ROOT, env=launch_env(nproc, **env), capture_output=True, text=True,
                           timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} {args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
 
 
@@ -50,3 +61,22 @@ def fmnist_dir() -> Path:
     if not (FMNIST / "train-images-idx3-ubyte.gz").exists():
         pytest.fail(f"Fashion-MNIST is missing at {FMNIST}: `make test` installs Debian's dataset-fashion-mnist")
     return FMNIST
+
+
+def write_idx(path, array: np.ndarray, gz=True):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    raw = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+
+
+@pytest.fixture(scope="session")
+def small_fmnist(fmnist_dir, tmp_path_factory) -> Path:
+    """The first 4096 training and 1000 test images of Fashion-MNIST: runs whose evaluation is cheap."""
+    from largebatch.training.data import read_idx
+
+    folder = tmp_path_factory.mktemp("fmnist-small")
+    for prefix, n in (("train", 4096), ("t10k", 1000)):
+        for kind in ("images-idx3", "labels-idx1"):
+            name = f"{prefix}-{kind}-ubyte.gz"
+            write_idx(folder / name, read_idx(fmnist_dir / name)[:n].numpy())
+    return folder

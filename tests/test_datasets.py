@@ -1,21 +1,16 @@
 """Loaders on small data written in the real on-disk formats."""
 import gzip
 import pickle
-import struct
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from largebatch.training.data import ImageFolderImages, load_cifar10, load_fashion_mnist, read_idx
+from conftest import write_idx
+
 from largebatch.errors import UserError
-
-
-def write_idx(path, array: np.ndarray, gz=True):
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
-    raw = header + array.astype(np.uint8).tobytes()
-    path.write_bytes(gzip.compress(raw) if gz else raw)
+from largebatch.training.data import ImageFolderImages, load_cifar10, load_fashion_mnist, read_idx
 
 
 def write_fmnist(folder, n_train=40, n_test=20, gz=True):

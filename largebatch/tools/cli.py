@@ -12,6 +12,7 @@ from ..training import noise
 from ..training.metrics import read_metrics
 from ..training.recipes import RECIPES, run_recipe
 from . import figures, plan
+from .export import export
 from .report import write_report
 from .sweep import run_sweep
 
@@ -120,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", default="8,16,32,64,128,256,512,1024", help="comma-separated W")
     p.add_argument("--plot", default="runs/plan.png", help="where to draw time to train and efficiency against W")
     p.set_defaults(func=plan_run)
+    p = sub.add_parser("export", help="a run's trained weights as a plain timm state dict (.safetensors), "
+                                      "ZeRO shards consolidated")
+    p.add_argument("run_dir", help="the run folder (runs/<name>)")
+    p.add_argument("out", help="the .safetensors file to write")
+    p.set_defaults(func=lambda a: export(a.run_dir, a.out))
     p = sub.add_parser("noise", help="a short run at a small batch that measures the gradient noise scale and "
                                      "recommends a global batch and learning rate")
     p.add_argument("--recipe", default="fashion_mnist", choices=sorted(RECIPES), help="the recipe to run")

@@ -108,10 +108,12 @@ def latest_usable(folder: Path) -> tuple[Path, dict] | None:
     return None
 
 
-def resume_point(cfg: Config, folder: Path, dataset: dict) -> tuple[Path | None, dict]:
+def resume_point(cfg: Config, folder: Path, dataset: dict, mode: str) -> tuple[Path | None, dict]:
     """The checkpoint in `folder` to continue from (None: start afresh) and its progress record.
 
-    Checkpoints without --resume, none that verifies, or one of another configuration: a UserError.
+    Checkpoints without --resume, none that verifies, one of another configuration, or one written in
+    another training mode (`launch.training_mode`: ZeRO shards and plain state dicts do not load into
+    each other): a UserError.
     """
     found = completed(folder)
     if found and not cfg.resume:
@@ -123,6 +125,11 @@ def resume_point(cfg: Config, folder: Path, dataset: dict) -> tuple[Path | None,
     if usable is None:
         raise UserError(f"no checkpoint in {folder} passes verification; move the folder away to start again")
     path, progress = usable
+    written = progress.get("mode", "plain (DDP or one process)")
+    if written != mode:
+        raise UserError(f"checkpoint {path} was written under {written} but this launch is {mode}; resume it with "
+                        f"the launch that wrote it, or take its weights with `largebatch export {folder.parent} "
+                        f"OUT.safetensors`")
     changes = check_compatible(path, progress, cfg, dataset)
     if changes:
         print(f"warning: resuming {path} with changes allowed by --allow-change: {', '.join(changes)}",

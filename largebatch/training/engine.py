@@ -21,7 +21,8 @@ from ..errors import UserError
 from . import checkpoint
 from .config import Config
 from .evaluate import evaluate
-from .launch import finish, make_accelerator, run_dir_of, start_wandb, uses_wandb
+from .launch import (check_deepspeed_engaged, finish, make_accelerator, run_dir_of, start_wandb, training_mode,
+                     uses_wandb, zero_stage)
 from .metrics import MetricsLog, write_summary
 from .noise import NoiseScale
 from .optim import build_optimizer
@@ -87,8 +88,7 @@ def train_loop(run: Run) -> dict:
                 batches = _epoch_batches(run, epoch, s)
             gain = adascale_gain(*run.noise.estimates(), cfg.base_batch, sched.scale) if sched.adascale else None
             lr = lr_at(step, sched, gain or 1.0)
-            for group in run.stepper.optimizer.param_groups:
-                group["lr"] = lr
+            run.stepper.set_lr(lr)
             stats = run.stepper.step(batches)
             _log_step(run, step, lr, gain, stats, bar)
             done = step + 1
@@ -120,7 +120,7 @@ def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator
     if num_train < cfg.global_batch:
         raise UserError(f"--global-batch {cfg.global_batch} is larger than the {num_train} training examples")
     sched = schedule_of(cfg, num_train // cfg.global_batch)
-    accelerator.print(run_header(cfg, W, micro, A, sched))
+    accelerator.print(run_header(cfg, W, micro, A, sched, zero_stage(accelerator)))
     deepspeed = accelerator.state.deepspeed_plugin is not None
     # The noise scale needs a gradient over part of the batch: the first micro-batch's, so accumulation.
     measure_noise = A > 1 and not deepspeed
@@ -130,7 +130,7 @@ def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator
     data_id = dict(name=dataset, num_train=num_train, num_classes=data.num_classes)
     run = Run(cfg, data, accelerator, sched, micro, A, data_id, run_dir_of(cfg, dataset),
               noise=NoiseScale(NOISE_DECAY) if measure_noise else None)
-    resume_from, progress = checkpoint.resume_point(cfg, run.ckpt_dir, data_id)
+    resume_from, progress = checkpoint.resume_point(cfg, run.ckpt_dir, data_id, training_mode(accelerator))
     _open_run_dir(run, W)
     optimizer = build_optimizer(cfg, model, lr_at(0, sched))
     if deepspeed:
@@ -138,6 +138,7 @@ def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator
         accelerator.state.deepspeed_plugin.deepspeed_config.update(
             train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=A, gradient_clipping=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
+    check_deepspeed_engaged(model)
     model.train()
     run.stepper = Stepper(accelerator, model, optimizer, A, measure_noise)
     run.log = MetricsLog(run.run_dir / "metrics.jsonl", accelerator)
@@ -145,17 +146,24 @@ def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator
     return run
 
 
-def run_header(cfg: Config, world_size: int, micro: int, accumulation: int, sched: Schedule) -> str:
+def run_header(cfg: Config, world_size: int, micro: int, accumulation: int, sched: Schedule,
+               zero: int | None = None) -> str:
     return (f"global batch {cfg.global_batch} = micro-batch {micro} x {world_size} processes x "
             f"{accumulation} accumulation steps | lr {cfg.base_lr:g} x {cfg.global_batch}/{cfg.base_batch} = "
             f"{sched.peak_lr:g} | warmup {cfg.warmup if sched.warmup_steps else 'none'} "
             f"{sched.warmup_steps} steps | {sched.total_steps} steps ({sched.steps_per_epoch}/epoch), "
-            f"{cfg.schedule} decay | BN {cfg.bn}" + (f" n={cfg.bn_batch}" if cfg.bn == "ghost" else ""))
+            f"{cfg.schedule} decay | BN {cfg.bn}" + (f" n={cfg.bn_batch}" if cfg.bn == "ghost" else "")
+            + (f" | ZeRO stage {zero}" if zero is not None else ""))
 
 
 # ---- the helpers of `prepare` ---------------------------------------------------------------------
 
 def _check_launch(cfg: Config, accelerator: Accelerator, accumulation: int, measure_noise: bool) -> None:
+    zero = zero_stage(accelerator)
+    if zero is not None and cfg.optimizer in ("lars", "adascale"):
+        raise UserError(f"--optimizer {cfg.optimizer} needs each layer's whole gradient, but ZeRO stage {zero} "
+                        f"flattens every parameter group into one shard per rank (LARS would take one trust ratio "
+                        f"per shard); launch without DeepSpeed (e.g. accelerate_configs/gpu_8.yaml) or use sgd")
     if cfg.optimizer == "adascale" and not measure_noise:
         raise UserError(f"--optimizer adascale measures gradient noise from micro-batches, so it needs gradient "
                         f"accumulation (now {accumulation}) and no DeepSpeed; use a smaller --micro-batch")
@@ -167,14 +175,20 @@ def _check_launch(cfg: Config, accelerator: Accelerator, accumulation: int, meas
     if cfg.bn == "sync" and W > 1 and cpu:
         raise UserError("--bn sync needs GPUs (torch's SyncBatchNorm runs only on GPU modules); on CPU use "
                         "--bn ghost, the paper's per-worker BN, or --bn micro")
+    if cpu and accelerator.mixed_precision == "fp16" and zero is None:
+        raise UserError("--mixed_precision fp16 does nothing on CPU (Accelerate uses neither autocast nor loss "
+                        "scaling there, so it would silently train in fp32); use bf16 or no")
     if cpu and accelerator.mixed_precision != "no":
         accelerator.print(f"warning: {accelerator.mixed_precision} on CPU is often 5-40x slower than fp32")
+    if zero is not None and accumulation > 1:
+        accelerator.print("note: the gradient noise scale is not measured under ZeRO (its gradients are sharded)")
 
 
 def _open_run_dir(run: Run, world_size: int) -> None:
     """config.json (every option plus the derived batch split and schedule), and W&B when asked."""
     cfg, sched = run.cfg, run.sched
-    info = dict(dataclasses.asdict(cfg), dataset=run.data_id["name"], world_size=world_size,
+    info = dict(dataclasses.asdict(cfg), dataset=run.data_id["name"], num_classes=run.data.num_classes,
+                in_chans=run.data.in_chans, mode=training_mode(run.accelerator), world_size=world_size,
                 micro_batch_used=run.micro, accumulation_steps=run.accumulation, peak_lr=sched.peak_lr,
                 warmup_steps=sched.warmup_steps, total_steps=sched.total_steps,
                 steps_per_epoch=sched.steps_per_epoch)
@@ -223,7 +237,7 @@ def _log_step(run: Run, step: int, lr: float, gain: float | None, stats: StepSta
     cfg, per_epoch = run.cfg, run.sched.steps_per_epoch
     run.seen += torch.stack(stats[:3])
     row = {} if gain is None else {"gain": gain}
-    if run.noise is not None:
+    if run.noise is not None and torch.isfinite(stats.batch_grad_sq):  # not a step fp16's scaler skipped
         W = run.accelerator.num_processes
         # Mean over ranks of the local micro-batch norms; the batch norm is the same on all.
         run.noise.update(stats.micro_grad_sq.item() / W, run.micro, stats.batch_grad_sq.item() / W,
@@ -253,6 +267,7 @@ def _evaluate(run: Run, step: int, bar) -> dict:
 def _save(run: Run, done: int) -> None:
     checkpoint.save(run.accelerator, run.ckpt_dir, done, dict(
         step=done, examples=done * run.cfg.global_batch, config=run.cfg.trajectory(), dataset=run.data_id,
+        mode=training_mode(run.accelerator),
         metrics_bytes=run.log.synced_size(), train_stats=run.seen.tolist(),
         noise=run.noise.state() if run.noise else None), run.cfg.keep_checkpoints)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs
+from accelerate.utils import InitProcessGroupKwargs, parse_flag_from_env
 
 from ..errors import UserError
 from .config import Config
@@ -30,19 +30,29 @@ def init_gloo_for_this_attempt() -> None:
                             rank=rank, world_size=world_size)
 
 
-def make_accelerator(cfg: Config) -> Accelerator:
-    """An Accelerator that is really distributed on CPU too.
+def deepspeed_requested() -> bool:
+    """Whether the launch asked for DeepSpeed (`accelerate launch --use_deepspeed`, or a DeepSpeed config)."""
+    return parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
 
-    Without `cpu=True` Accelerate on a CPU-only machine silently trains each launched process alone;
-    DeepSpeed on CPU needs the gloo backend named explicitly.
+
+def make_accelerator(cfg: Config) -> Accelerator:
+    """An Accelerator that is really distributed on CPU too, and really runs DeepSpeed when asked.
+
+    Without `cpu=True` Accelerate on a CPU-only machine silently trains each launched process alone; but
+    `cpu=True` also switches DeepSpeed off (Accelerate enables it only when not cpu), so a DeepSpeed
+    launch builds it without, on the gloo process group made here.
     """
     cpu = not torch.cuda.is_available()
+    deepspeed = deepspeed_requested()
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     # Named only when launched: for a lone process the backend would make Accelerate expect a process group.
     handlers = [InitProcessGroupKwargs(backend="gloo")] if cpu and launched > 1 else []
     if cpu and launched > 1 and not dist.is_initialized():
         init_gloo_for_this_attempt()
-    accelerator = Accelerator(cpu=cpu, kwargs_handlers=handlers, log_with="wandb" if uses_wandb(cfg) else None)
+    if cpu and deepspeed:
+        _skip_shared_memory_comm_build()
+    accelerator = Accelerator(cpu=cpu and not deepspeed, kwargs_handlers=handlers,
+                              log_with="wandb" if uses_wandb(cfg) else None)
     actual = dist.get_world_size() if dist.is_initialized() else 1
     if accelerator.num_processes != launched or actual != launched:
         raise UserError(f"launched {launched} processes but Accelerate sees {accelerator.num_processes} and "
@@ -53,6 +63,41 @@ def make_accelerator(cfg: Config) -> Accelerator:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     return accelerator
+
+
+def _skip_shared_memory_comm_build() -> None:
+    """DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce at start-up (~95 s here, and it needs
+    g++ and ninja) that only its inference all-reduce uses; training's collectives go through
+    torch.distributed (gloo). Marking the op unavailable skips the build; no option of DeepSpeed does."""
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False
+
+
+def zero_stage(accelerator: Accelerator) -> int | None:
+    """The ZeRO stage when DeepSpeed runs, else None."""
+    plugin = accelerator.state.deepspeed_plugin
+    return None if plugin is None else int(plugin.zero_stage)
+
+
+def check_deepspeed_engaged(model) -> None:
+    """A launch that asked for DeepSpeed must train a DeepSpeed engine: never a silent fallback to DDP."""
+    if not deepspeed_requested():
+        return
+    from deepspeed import DeepSpeedEngine
+
+    if not isinstance(model, DeepSpeedEngine):
+        raise UserError(f"the launch asked for DeepSpeed but Accelerate prepared a {type(model).__name__}, not a "
+                        f"DeepSpeed engine; launch with accelerate_configs/zero*.yaml (pip install '.[deepspeed]')")
+
+
+def training_mode(accelerator: Accelerator) -> str:
+    """How model and optimizer state are laid out, which decides the checkpoint format."""
+    stage = zero_stage(accelerator)
+    return "plain (DDP or one process)" if stage is None else f"DeepSpeed ZeRO stage {stage}"
 
 
 def finish(accelerator: Accelerator, callers_group: bool) -> None:

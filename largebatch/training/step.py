@@ -2,8 +2,15 @@
 
 Accelerate's `accumulate` skips the all-reduce and the optimizer step until the last micro-batch;
 `accelerator.backward` divides each micro-batch's mean loss by the accumulation steps, so the update is
-the gradient of the mean loss over all B examples. A non-finite gradient stops the step before the
-optimizer applies it.
+the gradient of the mean loss over all B examples.
+
+The divergence guard: a non-finite gradient stops the run before the optimizer applies it. Under
+DeepSpeed the optimizer steps inside `accelerator.backward`, so the guard reads DeepSpeed's global
+gradient norm afterwards; in fp32 and fp16 DeepSpeed has already skipped such a step (its overflow
+check), in bf16 it has applied it. Either way the run stops before a checkpoint holds it. With fp16's
+GradScaler (no DeepSpeed) the gradients are unscaled before they are read, and a non-finite one is the
+scaler's own probe of a larger scale: it skips that step and halves the scale. Only a scale that has
+fallen below 1 means the gradient is not finite at all.
 """
 from __future__ import annotations
 
@@ -47,12 +54,41 @@ class Stepper:
                  measure_noise: bool):
         self.accelerator, self.model, self.optimizer = accelerator, model, optimizer
         self.accumulation, self.measure_noise = accumulation, measure_noise
+        self.deepspeed = accelerator.state.deepspeed_plugin is not None
         # Listed once: walking the module tree at every step costs ~0.2 ms, 0.25% of a small CPU step.
         self.params = list(model.parameters())
 
-    def grad_sq(self) -> torch.Tensor:
+    def set_lr(self, lr: float) -> None:
+        """Write the rate into the optimizer, and check it reached the optimizer that really steps (under
+        DeepSpeed: ZeRO's inner torch optimizer) rather than a wrapper's copy."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        inner = self.model.optimizer.optimizer if self.deepspeed else self.optimizer.optimizer
+        if any(group["lr"] != lr for group in inner.param_groups):
+            raise RuntimeError(f"learning rate {lr} did not reach {type(inner).__name__}")
+
+    def _local_grad_sq(self) -> torch.Tensor:
         grads = [p.grad for p in self.params if p.grad is not None]
         return torch.nn.utils.get_total_norm(grads).float() ** 2 if grads else torch.zeros(())
+
+    def _micro_grad_sq(self) -> torch.Tensor:
+        """The first micro-batch's mean gradient, squared: still local (not yet all-reduced), scaled back
+        from backward's 1/A and from fp16's loss scale."""
+        scaler = self.accelerator.scaler
+        return self.accumulation ** 2 * self._local_grad_sq() / (scaler.get_scale() ** 2 if scaler else 1.0)
+
+    def _batch_grad_sq(self) -> torch.Tensor:
+        """|the step's all-reduced gradient|², read where the mode leaves it (see the module's docstring)."""
+        if self.deepspeed:
+            return torch.tensor(float(self.model.get_global_grad_norm()) ** 2)
+        if self.accelerator.scaler is not None:
+            # Unscaled in place; the scaler's step then uses these and skips a non-finite one.
+            self.accelerator.scaler.unscale_(self.optimizer.optimizer)
+        return self._local_grad_sq()
+
+    def _loss_scaled(self) -> bool:
+        """fp16 with a loss scaler: a non-finite gradient is the scaler's to skip, not a divergence."""
+        return self.accelerator.scaler is not None or (self.deepspeed and self.model.fp16_enabled())
 
     def step(self, batches: Iterator) -> StepStats:
         """One update from the next `accumulation` micro-batches; its statistics summed over all ranks.
@@ -70,17 +106,18 @@ class Stepper:
                 loss = F.cross_entropy(out, y)
                 acc.backward(loss)
                 if a == 0 and self.measure_noise:
-                    # Still local (not yet all-reduced), and scaled back from backward's 1/A.
-                    micro_sq = self.accumulation ** 2 * self.grad_sq()
+                    micro_sq = self._micro_grad_sq()
                 if acc.sync_gradients:
-                    batch_sq = self.grad_sq()
-                    if not torch.isfinite(batch_sq):
+                    batch_sq = self._batch_grad_sq()
+                    if not torch.isfinite(batch_sq) and not self._loss_scaled():
                         raise NonFinite("the gradient")
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             loss_sum = loss_sum + loss.detach().float() * len(y)
             wrong = wrong + (out.argmax(1) != y).sum().float()
             examples = examples + len(y)
+        if acc.scaler is not None and acc.scaler.get_scale() < 1:
+            raise NonFinite("the gradient (the fp16 loss scale fell below 1)")
         stats = StepStats(loss_sum, wrong, examples, micro_sq.to(device), batch_sq.to(device)).summed(acc)
         if not math.isfinite(stats.loss):
             raise NonFinite("the loss")

@@ -1,0 +1,54 @@
+"""`largebatch export RUN_DIR OUT.safetensors`: a run's trained weights as a plain timm state dict.
+
+The newest checkpoint that verifies, whatever wrote it: Accelerate's `model.safetensors` (DDP or one
+process) or DeepSpeed's ZeRO shards, consolidated on CPU by DeepSpeed's own `zero_to_fp32`. Ghost BN
+layers are BatchNorm2d subclasses with BatchNorm2d's keys, so the file loads with `strict=True` into
+`timm.create_model(<model>, num_classes=..., in_chans=...)`; those three are in the file's metadata.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import UserError
+from ..training import checkpoint
+from ..training import models  # noqa: F401  (registers the small ResNets with timm)
+
+
+def trained_state(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict, Path]:
+    """(state dict, the run's config.json, the checkpoint it came from)."""
+    if not (run_dir / "config.json").is_file():
+        raise UserError(f"{run_dir} is not a run folder (it has no config.json)")
+    cfg = json.loads((run_dir / "config.json").read_text())
+    usable = checkpoint.latest_usable(run_dir / "checkpoints")
+    if usable is None:
+        raise UserError(f"{run_dir} holds no checkpoint that verifies; train (or --resume) it first")
+    path = usable[0]
+    if (path / "pytorch_model").is_dir():  # DeepSpeed: one folder of ZeRO shards, named by Accelerate
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = get_fp32_state_dict_from_zero_checkpoint(str(path), tag="pytorch_model")
+    else:
+        state = load_file(path / "model.safetensors")
+    return {k: v.contiguous() for k, v in state.items()}, cfg, path
+
+
+def export(run_dir: str | Path, out: str | Path) -> str:
+    """Write the run's weights to `out`, checked to load strictly into the run's timm model."""
+    state, cfg, path = trained_state(Path(run_dir))
+    meta = dict(model=cfg["model"], num_classes=str(cfg["num_classes"]), in_chans=str(cfg["in_chans"]))
+    model = timm.create_model(cfg["model"], num_classes=cfg["num_classes"], in_chans=cfg["in_chans"])
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise UserError(f"checkpoint {path} does not load into timm's {cfg['model']}: "
+                        f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out), metadata=dict(meta, checkpoint=str(path)))
+    return (f"wrote {out}: {len(state)} tensors from {path}; load it with "
+            f"timm.create_model({cfg['model']!r}, num_classes={cfg['num_classes']}, in_chans={cfg['in_chans']})"
+            f".load_state_dict(safetensors.torch.load_file({str(out)!r}))")
