@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from largebatch.training.config import Config
 from largebatch.errors import UserError
+from largebatch.training.config import Config
 from largebatch.training.models import build_model
 from largebatch.training.optim import PaperSGD, build_optimizer, weight_decay
 
@@ -79,3 +79,18 @@ def test_lars_trust_ratio_by_hand_and_not_on_bn_or_bias():
 def test_lars_refuses_the_paper_momentum_form():
     with pytest.raises(UserError, match="--momentum-form paper applies to --optimizer sgd"):
         Config(optimizer="lars", momentum_form="paper").validate()
+
+
+def test_nesterov_reaches_sgd_and_lars_and_the_eq10_form_refuses_it():
+    model = build_model(Config(), 10, 1)
+    for optimizer in ("sgd", "lars"):
+        for nesterov in (False, True):
+            cfg = Config(optimizer=optimizer, nesterov=nesterov).validate()
+            assert all(g["nesterov"] is nesterov for g in build_optimizer(cfg, model, 0.1).param_groups)
+    with pytest.raises(UserError, match="--nesterov use --momentum-form torch"):
+        Config(nesterov=True, momentum_form="paper").validate()
+
+
+def test_lars_without_weight_decay_is_refused():
+    with pytest.raises(UserError, match="--weight-decay 0 is plain SGD"):
+        Config(optimizer="lars", weight_decay=0).validate()

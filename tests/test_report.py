@@ -112,3 +112,12 @@ def test_report_leaves_out_unfinished_runs(runs, tmp_path):
     (runs / "batch_size/global-batch=2048,seed=1/summary.json").unlink()  # still running
     main(["report", str(runs), "--out", str(tmp_path / "r")])
     assert "|  | 2k | 0.8 | 12.00 | +1.90 | 25.00 | 1 | 500 |" in (tmp_path / "r/report.md").read_text()
+
+
+@pytest.mark.parametrize("last, every, median", [(90, 1, 88), (12, 0.25, 11.75), (6, 1, 6)])
+def test_a_runs_error_is_the_median_of_the_last_5_of_90_epochs(last, every, median):
+    from largebatch.tools.report import Run
+
+    epochs = [every * (i + 1) for i in range(round(last / every))]
+    run = Run(None, {}, "finished", [dict(epoch=e, test_error=e) for e in epochs])
+    assert run.error == median  # 90 epochs: 86..90; 12 (every quarter): 11.5, 11.75, 12; 6: the last alone

@@ -2,8 +2,11 @@ import math
 
 import pytest
 
-from largebatch.training.schedule import Schedule, lr_at
 from conftest import ROOT, launch
+
+from largebatch.errors import UserError
+from largebatch.training.config import Config
+from largebatch.training.schedule import Schedule, lr_at, schedule_of
 
 
 def sched(warmup="gradual", decay="step", B=8192):
@@ -64,9 +67,22 @@ def test_cosine_after_warmup():
 @pytest.mark.slow
 def test_header_prints_scaled_rate_for_8192(fmnist_dir):
     out = launch(ROOT / "recipes/fashion_mnist.py", ["--global-batch", 8192, "--micro-batch", 256, "--warmup-epochs", 5,
-                                                  "--dry-run"])
+                                                  "--epochs", 90, "--dry-run"])
     header = out.stdout.strip().splitlines()[-1]
     assert "global batch 8192 = micro-batch 256 x 1 processes x 32 accumulation steps" in header
     assert "= 3.2 |" in header
     # 60000 // 8192 = 7 steps per epoch; 5 warmup epochs = 35 steps.
     assert "warmup gradual 35 steps" in header
+
+
+def test_a_warmup_that_reaches_the_first_decay_is_refused():
+    # B = 512 on 2048 examples is 4 steps an epoch: 2 epochs decay first at step round(8/3) = 3.
+    with pytest.raises(UserError, match=r"--warmup-epochs 1 \(4 steps\) reaches the first step decay at epoch "
+                                        r"0.6667 \(step 3\) of --epochs 2"):
+        schedule_of(Config(global_batch=512, epochs=2, warmup_epochs=1), 4)
+    with pytest.raises(UserError, match="step 3"):  # ending on the milestone: the peak would not be used either
+        schedule_of(Config(global_batch=512, epochs=2, warmup_epochs=0.75), 4)
+    s = schedule_of(Config(global_batch=512, epochs=2, warmup_epochs=0.5), 4)
+    assert [lr_at(i, s) for i in range(4)] == pytest.approx([0.1, 0.15, 0.2, 0.02])  # the peak, then the decay
+    schedule_of(Config(global_batch=512, epochs=2, warmup_epochs=1, schedule="cosine"), 4)  # no milestone to reach
+    schedule_of(Config(global_batch=256, epochs=2, warmup_epochs=1), 4)  # no warmup at the base batch

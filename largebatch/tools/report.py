@@ -2,7 +2,7 @@
 
 RUNS_DIR holds one folder per sweep (as `largebatch sweep` writes them: a `sweep.yaml` and one folder
 per run). A run's error is the median of its evaluations in the last 1/18 of training, the paper's
-"median of the last 5 of 90 epochs"; groups of seeds give mean ± std. The baseline is the batch-size
+"median of the last 5 of 90 epochs" (evaluations after epoch 85 of 90); groups of seeds give mean ± std. The baseline is the batch-size
 sweep's runs at the base batch (256); a batch size "holds" when its mean error is within the
 baseline's band: baseline mean + max(2 std, tolerance).
 """
@@ -36,9 +36,11 @@ class Run:
 
     @property
     def error(self) -> float:
-        """Median test error of the evaluations in the last 1/18 of training (at least the last one)."""
+        """Median test error of the evaluations in the last 1/18 of training, the paper's last 5 of 90 epochs:
+        those after epoch last - last/18 (86 ... 90 of 90; at least the last one)."""
         last = self.evals[-1]["epoch"]
-        tail = [e["test_error"] for e in self.evals if e["epoch"] >= last * (1 - 1 / 18)]
+        start = last - last / 18
+        tail = [e["test_error"] for e in self.evals if e["epoch"] > start + 1e-9 * last]
         return statistics.median(tail)
 
 

@@ -51,6 +51,8 @@ class Config:
     bn_batch: int = _trajectory(32, "examples per BatchNorm group with --bn ghost (the paper's n)")
     zero_init_last: bool = _trajectory(True, "start the last BN gamma of every residual block at zero")
     momentum: float = _trajectory(0.9, "SGD momentum")
+    nesterov: bool = _trajectory(False, "Nesterov momentum, as the paper trained (it found plain momentum, the "
+                                 "form its equations and momentum correction use, equally effective)")
     weight_decay: float = _trajectory(1e-4, "weight decay on conv/linear weights (never on BN or biases)")
     wd_scaling: str = _trajectory("none", "'inverse' scales weight decay by base_batch/global_batch: an ablation "
                                   "of a popular misreading, not the paper", ["none", "inverse"])
@@ -111,6 +113,12 @@ class Config:
                 raise UserError(f"--{_flag(f.name)} {getattr(self, f.name)!r} is not one of {', '.join(choices)}")
         if self.optimizer == "lars" and self.momentum_form == "paper":
             raise UserError("--momentum-form paper applies to --optimizer sgd; LARS has its own update")
+        if self.optimizer == "lars" and self.weight_decay == 0:
+            raise UserError("--optimizer lars with --weight-decay 0 is plain SGD (timm's LARS adapts only the groups "
+                            "with weight decay); give a weight decay, e.g. the paper's 1e-4")
+        if self.nesterov and self.momentum_form == "paper":
+            raise UserError("--momentum-form paper is the paper's eq. 10, plain momentum; with --nesterov use "
+                            "--momentum-form torch")
         if self.bn == "ghost" and self.micro_batch % self.bn_batch:
             raise UserError(f"--micro-batch {self.micro_batch} is not a multiple of --bn-batch {self.bn_batch}: "
                             f"ghost BatchNorm needs whole groups; use a micro-batch that is a multiple of it")

@@ -51,7 +51,7 @@ def build_optimizer(cfg: Config, model: torch.nn.Module, lr: float) -> torch.opt
     groups = param_groups_weight_decay(model, weight_decay(cfg))
     if cfg.optimizer == "lars":
         # timm's LARS adapts only groups with weight decay: the BN and bias group keeps plain SGD.
-        return Lars(groups, lr=lr, momentum=cfg.momentum, trust_coeff=cfg.lars_trust)
+        return Lars(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, trust_coeff=cfg.lars_trust)
     if cfg.momentum_form == "paper":
         return PaperSGD(groups, lr=lr, momentum=cfg.momentum)
-    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)

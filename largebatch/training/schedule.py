@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..errors import UserError
 from .config import Config
 
 # Step decay at epochs 30, 60 and 80 of the paper's 90, as fractions of the run.
@@ -55,9 +56,18 @@ class Schedule:
 
 
 def schedule_of(cfg: Config, steps_per_epoch: int) -> Schedule:
-    """The schedule a run's options ask for, `steps_per_epoch` optimizer steps to an epoch."""
-    return Schedule(cfg.base_lr, cfg.base_batch, cfg.global_batch, steps_per_epoch, cfg.epochs, cfg.warmup,
-                    cfg.warmup_epochs, cfg.schedule, adascale=cfg.optimizer == "adascale")
+    """The schedule a run's options ask for, `steps_per_epoch` optimizer steps to an epoch.
+
+    A warmup that reaches the first step decay is refused: the peak rate would never be used.
+    """
+    s = Schedule(cfg.base_lr, cfg.base_batch, cfg.global_batch, steps_per_epoch, cfg.epochs, cfg.warmup,
+                 cfg.warmup_epochs, cfg.schedule, adascale=cfg.optimizer == "adascale")
+    if s.decay == "step" and s.warmup_steps and s.warmup_steps >= s.milestones[0]:
+        first = STEP_MILESTONES[0] * cfg.epochs
+        raise UserError(f"--warmup-epochs {cfg.warmup_epochs:g} ({s.warmup_steps} steps) reaches the first step decay "
+                        f"at epoch {first:.4g} (step {s.milestones[0]}) of --epochs {cfg.epochs:g}, so the peak rate "
+                        f"{s.peak_lr:g} would never be used; warm up for less than {first:.4g} epochs or train longer")
+    return s
 
 
 def lr_at(step: int, s: Schedule, gain: float = 1.0) -> float:
