@@ -1,4 +1,6 @@
 """The trajectory depends on B, n and the seed only, not on how B is split (devices x accumulation)."""
+import json
+
 import pytest
 
 from conftest import ROOT, final_params, launch, step_losses
@@ -14,16 +16,29 @@ def _args(run_dir, B, b, *extra, subset=2048):
             "--eval-every", 10, *extra]
 
 
+def _test_loss(run_dir) -> float:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "test_loss" in r][-1]["test_loss"]
+
+
 def test_split_invariance_with_real_model_and_augmentation(tmp_path, fmnist_dir):
-    # B = 256 with BN over groups of 64: 2 processes x 2 accumulation x 64, 1 x 4 x 64, 1 x 1 x 256.
+    # B = 256 with BN over groups of 64: 2 processes x 2 accumulation x 64, 1 x 4 x 64, 1 x 1 x 256; 1920
+    # examples are 7.5 steps an epoch, so step 7 takes the end of epoch 0 and the start of epoch 1.
     runs = {"2x2x64": (2, 64), "1x4x64": (1, 64), "1x1x256": (1, 256)}
     for name, (nproc, b) in runs.items():
-        launch(RECIPE, _args(tmp_path / name, 256, b, "--bn-batch", 64), nproc=nproc)
+        launch(RECIPE, _args(tmp_path / name, 256, b, "--bn-batch", 64, "--epochs", 1.2, subset=1920), nproc=nproc)
     losses = {name: step_losses(tmp_path / name) for name in runs}
-    assert len(losses["1x4x64"]) == 8
+    assert len(losses["1x4x64"]) == 9
     for name in runs:
         assert max(abs(a - b) for a, b in zip(losses[name], losses["1x4x64"])) < 1e-4, (name, losses)
     assert losses["1x4x64"][-1] < losses["1x4x64"][0]  # it trained
+    # The evaluated model too: BN statistics recomputed over the same examples (precise BN) in every split.
+    tested = {name: _test_loss(tmp_path / name) for name in runs}
+    assert max(tested.values()) - min(tested.values()) < 1e-4, tested
+    # ...whereas rank 0's running averages saw only half of each step's groups on 2 processes.
+    launch(RECIPE, _args(tmp_path / "running", 256, 64, "--bn-batch", 64, "--epochs", 1.2, "--precise-bn", 0,
+                         subset=1920), nproc=2)
+    assert abs(_test_loss(tmp_path / "running") - tested["1x4x64"]) > 1e-4
 
 
 def _max_param_diff(a, b):

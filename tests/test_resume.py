@@ -17,7 +17,7 @@ RECIPE = ROOT / "recipes/fashion_mnist.py"
 
 
 def _args(run_dir):
-    return ["--global-batch", 512, "--micro-batch", 128, "--subset", 4096, "--epochs", 3, "--warmup-epochs", 0.5,
+    return ["--global-batch", 512, "--micro-batch", 128, "--subset", 3840, "--epochs", 3, "--warmup-epochs", 0.5,
             "--checkpoint-every", 2, "--keep-checkpoints", 3, "--run-dir", run_dir]
 
 

@@ -71,8 +71,8 @@ def test_header_prints_scaled_rate_for_8192(fmnist_dir):
     header = out.stdout.strip().splitlines()[-1]
     assert "global batch 8192 = micro-batch 256 x 1 processes x 32 accumulation steps" in header
     assert "= 3.2 |" in header
-    # 60000 // 8192 = 7 steps per epoch; 5 warmup epochs = 35 steps.
-    assert "warmup gradual 35 steps" in header
+    # 60000 / 8192 = 7.32 steps an epoch: 5 warmup epochs are 37 steps, 90 epochs 659.
+    assert "warmup gradual 37 steps | 659 steps (7.324/epoch)" in header
 
 
 def test_a_warmup_that_reaches_the_first_decay_is_refused():
@@ -86,3 +86,16 @@ def test_a_warmup_that_reaches_the_first_decay_is_refused():
     assert [lr_at(i, s) for i in range(4)] == pytest.approx([0.1, 0.15, 0.2, 0.02])  # the peak, then the decay
     schedule_of(Config(global_batch=512, epochs=2, warmup_epochs=1, schedule="cosine"), 4)  # no milestone to reach
     schedule_of(Config(global_batch=256, epochs=2, warmup_epochs=1), 4)  # no warmup at the base batch
+
+
+def test_milestones_are_placed_in_examples_whatever_the_batch():
+    # The 12-epoch Fashion-MNIST recipe: the last decay at epoch 10.667 for every batch size, to within one step.
+    for B in (256, 4096, 8192):
+        s = schedule_of(Config(global_batch=B, epochs=12, warmup_epochs=2), 60000 / B)
+        assert abs(s.milestones[-1] * B / 60000 - 12 * 8 / 9) <= 0.5 * B / 60000
+        assert abs(s.total_steps * B / 60000 - 12) <= 0.5 * B / 60000
+
+
+def test_a_run_of_no_step_is_refused():
+    with pytest.raises(UserError, match=r"--epochs 0.001 of 60000 examples is not one step .* at least 0.00853 epochs"):
+        schedule_of(Config(global_batch=512, epochs=0.001), 60000 / 512)

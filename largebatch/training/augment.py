@@ -10,17 +10,20 @@ import numpy as np
 import torch
 
 
-def example_hash(seed: int, epoch: int, indices: torch.Tensor) -> np.ndarray:
-    """64-bit SplitMix64 finalizer of (seed, epoch, index): uniform bits, one word per example."""
+def example_hash(seed: int, epoch: int | torch.Tensor, indices: torch.Tensor) -> np.ndarray:
+    """64-bit SplitMix64 finalizer of (seed, epoch, index): uniform bits, one word per example. `epoch` is
+    one number, or one per example (a step can span two epochs)."""
+    epoch = np.asarray(epoch.numpy() if isinstance(epoch, torch.Tensor) else epoch).astype(np.uint64)
     with np.errstate(over="ignore"):  # the hash relies on uint64 wrap-around
-        x = (np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(epoch) * np.uint64(0xD1B54A32D192ED03)
+        x = (np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + epoch * np.uint64(0xD1B54A32D192ED03)
              + indices.numpy().astype(np.uint64))
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return x ^ (x >> np.uint64(31))
 
 
-def crop_flip(images: torch.Tensor, indices: torch.Tensor, seed: int, epoch: int, pad: int, flip: bool) -> torch.Tensor:
+def crop_flip(images: torch.Tensor, indices: torch.Tensor, seed: int, epoch: int | torch.Tensor, pad: int,
+              flip: bool) -> torch.Tensor:
     """Random crop after zero padding by `pad`, and random horizontal flip, of a (N, C, H, W) batch."""
     h = example_hash(seed, epoch, indices)
     N, C, H, W = images.shape

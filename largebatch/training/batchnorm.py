@@ -59,3 +59,23 @@ def convert_batchnorm(model: nn.Module, mode: str, group_size: int) -> nn.Module
         else:
             convert_batchnorm(child, mode, group_size)
     return model
+
+
+@torch.no_grad()
+def recompute_statistics(module: nn.Module, batches) -> None:
+    """Replace every BatchNorm layer's running statistics by their plain average over the groups of
+    `batches` ("precise BN", as in pycls and Detectron): each BN group (a ghost group, or the whole batch)
+    counts once, in order. The layers' momentum and batch counters are left as they were."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(bn.momentum, bn.num_batches_tracked.clone()) for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # torch's cumulative average: the mean over every group fed since the reset
+    training = module.training
+    module.train()
+    for x in batches:
+        module(x)
+    module.train(training)
+    for bn, (momentum, tracked) in zip(bns, saved):
+        bn.momentum = momentum
+        bn.num_batches_tracked.copy_(tracked)

@@ -38,17 +38,21 @@ class Config:
     global_batch: int = _trajectory(256, "examples per optimizer step, over all devices and accumulation steps (kn)")
     micro_batch: int = _trajectory(32, "examples per device per forward/backward pass (at most: a smaller global "
                                    "batch runs B / devices in one pass)")
-    epochs: float = _trajectory(90, "training length in epochs (an epoch is len(train) // global_batch steps)")
+    epochs: float = _trajectory(90, "training length in epochs, counted in examples: epochs x N examples, in whole "
+                                "optimizer steps of the global batch")
     # The paper's recipe.
     base_lr: float = _trajectory(0.1, "learning rate at --base-batch; scaled linearly to the global batch")
     base_batch: int = _trajectory(256, "batch size that --base-lr belongs to")
     warmup: str = _trajectory("gradual", "warmup kind (paper: gradual)", ["gradual", "constant", "none"])
-    warmup_epochs: float = _trajectory(5, "warmup length in epochs, counted in optimizer steps")
+    warmup_epochs: float = _trajectory(5, "warmup length in epochs (of N examples), rounded to optimizer steps")
     schedule: str = _trajectory("step", "decay after warmup: step (/10 at 1/3, 2/3, 8/9) or cosine",
                                 ["step", "cosine"])
     bn: str = _trajectory("ghost", "BatchNorm statistics: ghost groups of --bn-batch, the plain micro-batch, or "
                           "synchronized across devices", ["ghost", "micro", "sync"])
     bn_batch: int = _trajectory(32, "examples per BatchNorm group with --bn ghost (the paper's n)")
+    precise_bn: int = _trajectory(4096, "training examples over which BatchNorm's statistics are recomputed before "
+                                  "every evaluation (precise BN), so the evaluated model does not depend on the "
+                                  "split; 0: the running averages of rank 0, as DDP keeps them")
     zero_init_last: bool = _trajectory(True, "start the last BN gamma of every residual block at zero")
     momentum: float = _trajectory(0.9, "SGD momentum")
     nesterov: bool = _trajectory(False, "Nesterov momentum, as the paper trained (it found plain momentum, the "
@@ -95,7 +99,7 @@ class Config:
         for name in ("epochs", "base_lr", "eval_every"):
             if not getattr(self, name) > 0:
                 raise UserError(f"--{_flag(name)} {getattr(self, name)} must be positive")
-        for name in ("warmup_epochs", "weight_decay", "momentum", "subset", "workers", "checkpoint_every"):
+        for name in ("warmup_epochs", "weight_decay", "momentum", "subset", "workers", "checkpoint_every", "precise_bn"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{_flag(name)} {getattr(self, name)} must not be negative")
         if self.momentum >= 1:

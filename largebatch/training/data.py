@@ -2,7 +2,8 @@
 
 Every data set offers `num_train`, `num_test`, `num_classes`, `in_chans`, and
 `train_batch(indices, seed, epoch)` / `test_batch(indices)` returning (images, labels) tensors.
-Training batches are augmented as a pure function of (seed, epoch, example index).
+Training batches are augmented as a pure function of (seed, epoch, example index); `epoch` is one
+number or a tensor of one per example.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ class InMemoryImages:
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() - self.mean) / self.std
 
-    def train_batch(self, indices: torch.Tensor, seed: int, epoch: int):
+    def train_batch(self, indices: torch.Tensor, seed: int, epoch: int | torch.Tensor):
         x = crop_flip(self.train_x[indices], indices, seed, epoch, self.pad, self.flip)
         return self._normalize(x), self.train_y[indices]
 
@@ -173,7 +174,7 @@ class ImageFolderImages:
     def num_test(self) -> int:
         return len(self.test)
 
-    def train_batch(self, indices: torch.Tensor, seed: int, epoch: int):
+    def train_batch(self, indices: torch.Tensor, seed: int, epoch: int | torch.Tensor):
         rows = self.train[indices.tolist()]
         xs, py_state = [], random.getstate()
         with torch.random.fork_rng(devices=[]):  # timm's transforms draw from torch's and python's RNGs

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ from .metrics import MetricsLog, write_summary
 from .noise import NoiseScale
 from .optim import build_optimizer
 from .schedule import Schedule, adascale_gain, lr_at, schedule_of
-from .sharding import batch_loader, epoch_order, micro_batches
+from .sharding import batch_loader, micro_batches, stream_steps
 from .step import NonFinite, StepStats, Stepper
 
 NOISE_DECAY = 0.95  # moving average of the noise estimates over about 20 optimizer steps
@@ -77,15 +78,16 @@ def train_loop(run: Run) -> dict:
     """Optimizer steps from `run.start` to the end, evaluating and checkpointing when due."""
     cfg, sched, acc = run.cfg, run.sched, run.accelerator
     total, per_epoch = sched.total_steps, sched.steps_per_epoch
-    eval_steps, ckpt_steps = max(1, round(cfg.eval_every * per_epoch)), cfg.checkpoint_every or per_epoch
+    eval_steps = max(1, round(cfg.eval_every * per_epoch))
+    ckpt_steps = cfg.checkpoint_every or max(1, round(per_epoch))
+    block = math.ceil(per_epoch)  # the loader is rebuilt every `block` steps: about an epoch's examples
     bar = tqdm(total=total * cfg.global_batch, initial=run.start * cfg.global_batch, unit="img", unit_scale=True,
                disable=not acc.is_local_main_process, mininterval=2, dynamic_ncols=True)
     last_eval, batches = {}, None
     try:
         for step in range(run.start, total):
-            epoch, s = divmod(step, per_epoch)
-            if batches is None or s == 0:
-                batches = _epoch_batches(run, epoch, s)
+            if batches is None or step % block == 0:
+                batches = _stream_batches(run, step, min(block - step % block, total - step))
             gain = adascale_gain(*run.noise.estimates(), cfg.base_batch, sched.scale) if sched.adascale else None
             lr = lr_at(step, sched, gain or 1.0)
             run.stepper.set_lr(lr)
@@ -119,7 +121,7 @@ def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator
         raise UserError(f"--subset {cfg.subset} exceeds the {data.num_train} training examples")
     if num_train < cfg.global_batch:
         raise UserError(f"--global-batch {cfg.global_batch} is larger than the {num_train} training examples")
-    sched = schedule_of(cfg, num_train // cfg.global_batch)
+    sched = schedule_of(cfg, num_train / cfg.global_batch)
     accelerator.print(run_header(cfg, W, micro, A, sched, zero_stage(accelerator)))
     deepspeed = accelerator.state.deepspeed_plugin is not None
     # The noise scale needs a gradient over part of the batch: the first micro-batch's, so accumulation.
@@ -151,7 +153,7 @@ def run_header(cfg: Config, world_size: int, micro: int, accumulation: int, sche
     return (f"global batch {cfg.global_batch} = micro-batch {micro} x {world_size} processes x "
             f"{accumulation} accumulation steps | lr {cfg.base_lr:g} x {cfg.global_batch}/{cfg.base_batch} = "
             f"{sched.peak_lr:g} | warmup {cfg.warmup if sched.warmup_steps else 'none'} "
-            f"{sched.warmup_steps} steps | {sched.total_steps} steps ({sched.steps_per_epoch}/epoch), "
+            f"{sched.warmup_steps} steps | {sched.total_steps} steps ({sched.steps_per_epoch:.4g}/epoch), "
             f"{cfg.schedule} decay | BN {cfg.bn}" + (f" n={cfg.bn_batch}" if cfg.bn == "ghost" else "")
             + (f" | ZeRO stage {zero}" if zero is not None else ""))
 
@@ -222,14 +224,20 @@ def _restore(run: Run, resume_from: Path | None, progress: dict) -> None:
 
 # ---- the helpers of `train_loop` ------------------------------------------------------------------
 
-def _epoch_batches(run: Run, epoch: int, first_step: int):
-    """This rank's micro-batches (images, labels) for the rest of the epoch, from step `first_step` on."""
+def _stream_batches(run: Run, first_step: int, steps: int):
+    """This rank's micro-batches (images, labels) for optimizer steps first_step ... first_step + steps - 1."""
     cfg, acc = run.cfg, run.accelerator
-    order = epoch_order(run.data_id["num_train"], cfg.global_batch, cfg.seed, epoch)
-    lists = [idx for row in order[first_step:]
-             for idx in micro_batches(row, acc.process_index, acc.num_processes, run.accumulation)]
-    fetch = functools.partial(run.data.train_batch, seed=cfg.seed, epoch=epoch)
-    return iter(batch_loader(fetch, lists, cfg.workers))
+    indices, epochs = stream_steps(run.data_id["num_train"], cfg.global_batch, cfg.seed, first_step, steps)
+    W, rank, A = acc.num_processes, acc.process_index, run.accumulation
+    items = [pair for i, e in zip(indices, epochs)
+             for pair in zip(micro_batches(i, rank, W, A), micro_batches(e, rank, W, A))]
+    return iter(batch_loader(functools.partial(_train_batch, run.data, cfg.seed), items, cfg.workers))
+
+
+def _train_batch(data, seed: int, item: tuple[torch.Tensor, torch.Tensor]):
+    """A micro-batch's (images, labels) from its (indices, epochs); a module-level function, so a
+    DataLoader's worker processes can receive it."""
+    return data.train_batch(item[0], seed=seed, epoch=item[1])
 
 
 def _log_step(run: Run, step: int, lr: float, gain: float | None, stats: StepStats, bar) -> None:
@@ -253,7 +261,7 @@ def _log_step(run: Run, step: int, lr: float, gain: float | None, stats: StepSta
 
 def _evaluate(run: Run, step: int, bar) -> dict:
     """Test error and loss, and the training error since the last evaluation; logged and printed."""
-    test_error, test_loss = evaluate(run.cfg, run.accelerator, run.stepper.model, run.data)
+    test_error, test_loss = evaluate(run.cfg, run.accelerator, run.stepper.model, run.data, run.micro)
     row = dict(epoch=(step + 1) / run.sched.steps_per_epoch, train_error=(run.seen[1] / run.seen[2]).item(),
                test_error=test_error, test_loss=test_loss)
     run.seen.zero_()

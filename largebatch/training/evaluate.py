@@ -1,8 +1,10 @@
-"""The test-set evaluation every run reports, the same function of the weights in every mode.
+"""The test-set evaluation every run reports: a function of the weights, n and the seed only.
 
-BatchNorm's running statistics differ between ranks (each sees its own examples). DDP broadcasts rank
-0's buffers at every forward, so its evaluation uses rank 0's statistics; DeepSpeed does not broadcast
-buffers. The rule here, in every mode: every rank evaluates with rank 0's statistics, broadcast first.
+BatchNorm's running averages depend on how the global batch was split: each rank updates them from its
+own groups, DDP keeps rank 0's (it broadcasts them at every forward) and DeepSpeed keeps each rank's.
+So before every evaluation each rank recomputes them, identically, as the average over the same
+`--precise-bn` training examples, fed in BN groups of n (precise BN). With `--precise-bn 0` every rank
+evaluates with rank 0's running averages, broadcast first, in every mode.
 """
 from __future__ import annotations
 
@@ -11,15 +13,20 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from accelerate import Accelerator
 
+from .batchnorm import recompute_statistics
 from .config import Config
 from .sharding import batch_loader
 
 
 @torch.no_grad()
-def evaluate(cfg: Config, accelerator: Accelerator, model: torch.nn.Module, data) -> tuple[float, float]:
+def evaluate(cfg: Config, accelerator: Accelerator, model: torch.nn.Module, data,
+             micro: int) -> tuple[float, float]:
     """(test error, test loss) over the whole test set, each process taking every W-th example."""
-    if accelerator.num_processes > 1:
-        for buffer in accelerator.unwrap_model(model).buffers():
+    module = accelerator.unwrap_model(model)
+    if cfg.precise_bn:
+        recompute_statistics(module, precise_bn_batches(cfg, data, micro, accelerator.device))
+    elif accelerator.num_processes > 1:
+        for buffer in module.buffers():
             dist.broadcast(buffer, src=0)
     model.eval()
     mine = torch.arange(accelerator.process_index, data.num_test, accelerator.num_processes)
@@ -32,3 +39,14 @@ def evaluate(cfg: Config, accelerator: Accelerator, model: torch.nn.Module, data
     model.train()
     wrong, loss, count = accelerator.reduce(totals, "sum").tolist()
     return wrong / count, loss / count
+
+
+def precise_bn_batches(cfg: Config, data, micro: int, device: torch.device):
+    """The first --precise-bn examples of a permutation fixed by the seed (a whole number of BN groups), with
+    epoch 0's augmentation, in passes of the micro-batch; the same on every rank, whatever the split."""
+    group = cfg.bn_batch if cfg.bn == "ghost" else micro  # micro-batch BN's function is the micro-batch's
+    num_train = cfg.subset or data.num_train
+    count = min(cfg.precise_bn, num_train) // group * group
+    order = torch.randperm(num_train, generator=torch.Generator().manual_seed(cfg.seed))[:count]
+    for indices in order.split(micro):
+        yield data.train_batch(indices, seed=cfg.seed, epoch=0)[0].to(device)

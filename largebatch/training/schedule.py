@@ -22,7 +22,7 @@ class Schedule:
     base_lr: float  # eta at base_batch (paper: 0.1 at 256)
     base_batch: int
     global_batch: int
-    steps_per_epoch: int
+    steps_per_epoch: float  # N / B: training is counted in examples, an epoch is N of them
     epochs: float
     warmup: str = "gradual"  # gradual | constant | none
     warmup_epochs: float = 5
@@ -55,13 +55,18 @@ class Schedule:
         return tuple(round(f * self.epochs * self.steps_per_epoch) for f in STEP_MILESTONES)
 
 
-def schedule_of(cfg: Config, steps_per_epoch: int) -> Schedule:
-    """The schedule a run's options ask for, `steps_per_epoch` optimizer steps to an epoch.
+def schedule_of(cfg: Config, steps_per_epoch: float) -> Schedule:
+    """The schedule a run's options ask for, `steps_per_epoch` = N / B optimizer steps to an epoch: warmup,
+    milestones and the run's end are placed in examples and rounded to steps once.
 
     A warmup that reaches the first step decay is refused: the peak rate would never be used.
     """
     s = Schedule(cfg.base_lr, cfg.base_batch, cfg.global_batch, steps_per_epoch, cfg.epochs, cfg.warmup,
                  cfg.warmup_epochs, cfg.schedule, adascale=cfg.optimizer == "adascale")
+    if s.total_steps == 0:
+        raise UserError(f"--epochs {cfg.epochs:g} of {cfg.global_batch * steps_per_epoch:.0f} examples is not one "
+                        f"step of --global-batch {cfg.global_batch}; train for at least {1 / steps_per_epoch:.3g} "
+                        f"epochs")
     if s.decay == "step" and s.warmup_steps and s.warmup_steps >= s.milestones[0]:
         first = STEP_MILESTONES[0] * cfg.epochs
         raise UserError(f"--warmup-epochs {cfg.warmup_epochs:g} ({s.warmup_steps} steps) reaches the first step decay "

@@ -1,22 +1,34 @@
-"""Which examples each device sees: one shuffle per epoch, shared by all workers (Remark 4), and the
-loader that delivers them.
+"""Which examples each device sees, and the loader that delivers them.
 
 Hand-written rather than Accelerate's dataloader sharding because the product's promise is stronger
 than sharding: the trajectory depends only on (B, n, seed), not on how B is split into devices and
-accumulation steps. Each optimizer step takes the next B indices of the epoch's permutation; those B
-are cut into consecutive micro-batches, and micro-batch a*W + r goes to rank r at accumulation step a.
-Since every micro-batch is a whole number of BN groups, the groups are the same for every split.
+accumulation steps. Training reads one stream of examples: each epoch's permutation (one shuffle per
+epoch, shared by all workers, Remark 4), one after another. Optimizer step s takes stream positions
+s·B ... (s+1)·B - 1, so no example is dropped at an epoch's end and a step may span two epochs; "epochs"
+count examples (epochs x N), whatever B. The step's B examples are cut into consecutive micro-batches,
+and micro-batch a*W + r goes to rank r at accumulation step a. Since every micro-batch is a whole
+number of BN groups, the groups are the same for every split.
 """
 from __future__ import annotations
 
 import torch
 
 
-def epoch_order(num_examples: int, global_batch: int, seed: int, epoch: int) -> torch.Tensor:
-    """The epoch's permutation as a (steps, B) tensor; the remainder that fills no step is dropped."""
+def epoch_permutation(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    steps = num_examples // global_batch
-    return torch.randperm(num_examples, generator=g)[: steps * global_batch].view(steps, global_batch)
+    return torch.randperm(num_examples, generator=g)
+
+
+def stream_steps(num_examples: int, global_batch: int, seed: int, first_step: int,
+                 steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(example indices, their epochs), each (steps, B), of optimizer steps first_step ... first_step + steps - 1."""
+    positions = torch.arange(first_step * global_batch, (first_step + steps) * global_batch)
+    epochs = positions // num_examples
+    indices = torch.empty_like(positions)
+    for epoch in epochs.unique().tolist():
+        here = epochs == epoch
+        indices[here] = epoch_permutation(num_examples, seed, epoch)[positions[here] % num_examples]
+    return indices.view(steps, global_batch), epochs.view(steps, global_batch)
 
 
 def micro_batches(step_indices: torch.Tensor, rank: int, world_size: int, accumulation: int) -> list[torch.Tensor]:
