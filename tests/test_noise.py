@@ -61,17 +61,33 @@ def test_adascale_gain_is_one_at_one_worker_and_at_most_the_scale():
 
 @pytest.mark.slow
 def test_runs_log_the_noise_scale_and_adascale_gain(tmp_path, fmnist_dir):
+    import shutil
+
     from conftest import ROOT, launch
     from largebatch.training.metrics import read_metrics
+    from largebatch.training.schedule import Schedule, lr_at
 
     run = tmp_path / "ada"
-    launch(ROOT / "recipes/fashion_mnist.py", ["--global-batch", 1024, "--micro-batch", 256, "--subset", 4096,
-                                               "--epochs", 1, "--optimizer", "adascale", "--run-dir", run])
+    args = ["--global-batch", 1024, "--micro-batch", 256, "--subset", 4096, "--epochs", 1, "--optimizer", "adascale",
+            "--checkpoint-every", 1, "--keep-checkpoints", 20]
+    launch(ROOT / "recipes/fashion_mnist.py", [*args, "--run-dir", run])
     steps, _ = read_metrics(run / "metrics.jsonl")
-    assert len(steps) == 4 and steps[0]["gain"] == 1.0  # no estimate before the first step
+    assert steps[0]["gain"] == 1.0  # no estimate before the first step
     for row in steps:
         assert 1.0 <= row["gain"] <= 4.0 and row["noise_scale"] > 0 and row["grad_sq"] > 0
         assert math.isclose(row["noise_scale"], row["grad_var"] / row["grad_sq"], rel_tol=1e-9)
+    # AdaScale's progress: tau grows by each step's gain over the 16 steps of the B = 256 run, which ends
+    # the run; each rate is the gain times the base run's rate at tau.
+    base = Schedule(0.1, 256, 1024, steps_per_epoch=4, epochs=1, adascale=True)
+    assert [r["tau"] for r in steps] == pytest.approx([sum(r["gain"] for r in steps[:i]) for i in range(len(steps))])
+    assert steps[-1]["tau"] < 16 <= steps[-1]["tau"] + steps[-1]["gain"]
+    assert 4 <= len(steps) <= 16 and any(r["gain"] < 4 for r in steps)  # more steps than linear scaling's 4
+    assert [r["lr"] for r in steps] == pytest.approx([lr_at(r["tau"], base, r["gain"]) for r in steps])
+    # Resumed from the middle, tau comes back with the checkpoint: the same steps, rates and gains.
+    for later in sorted((run / "checkpoints").glob("step_*"))[2:]:
+        shutil.rmtree(later)
+    launch(ROOT / "recipes/fashion_mnist.py", [*args, "--run-dir", run, "--resume"])
+    assert read_metrics(run / "metrics.jsonl")[0] == steps
     # No accumulation, no micro-batch gradient to compare: AdaScale is refused in one line.
     out = launch(ROOT / "recipes/fashion_mnist.py", ["--global-batch", 256, "--micro-batch", 256, "--subset", 512,
                                                      "--epochs", 1, "--optimizer", "adascale",

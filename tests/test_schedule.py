@@ -99,3 +99,18 @@ def test_milestones_are_placed_in_examples_whatever_the_batch():
 def test_a_run_of_no_step_is_refused():
     with pytest.raises(UserError, match=r"--epochs 0.001 of 60000 examples is not one step .* at least 0.00853 epochs"):
         schedule_of(Config(global_batch=512, epochs=0.001), 60000 / 512)
+
+
+def test_adascale_reads_the_base_schedule_at_its_progress():
+    # B = 1024 is S = 4 base batches; 3 epochs of 2 steps at B are 24 steps of the base run (B = 256), whose
+    # step decay falls at base steps 8, 16 and 21. Each step: rate r x base rate at floor(tau); tau += r.
+    s = Schedule(0.1, 256, 1024, steps_per_epoch=2, epochs=3, decay="step", adascale=True)
+    assert s.total_steps == 24 and s.warmup_steps == 0
+    gains = [1.0, 4.0, 4.0, 3.0, 2.5, 4.0, 4.0, 2.0]
+    taus = [0.0, 1.0, 5.0, 9.0, 12.0, 14.5, 18.5, 22.5]  # the last step takes tau to 24.5: the run ends
+    expected = [0.1, 0.4, 0.4, 0.03, 0.025, 0.04, 0.004, 0.0002]
+    assert [lr_at(t, s, r) for t, r in zip(taus, gains)] == pytest.approx(expected)
+    assert taus[-1] + gains[-1] >= s.total_steps > taus[-1]
+    # At the base batch the gain is 1 and AdaScale is the plain schedule.
+    plain = Schedule(0.1, 256, 256, steps_per_epoch=2, epochs=3, adascale=True)
+    assert plain.total_steps == 6 and [lr_at(t, plain, 1.0) for t in (1, 2)] == pytest.approx([0.1, 0.01])

@@ -53,6 +53,7 @@ class Run:
     log: MetricsLog | None = None
     noise: NoiseScale | None = None  # with accumulation (and not under DeepSpeed)
     start: int = 0  # the first optimizer step still to take
+    tau: float = 0.0  # progress through the schedule: the step, or AdaScale's sum of gains (schedule.py)
     seen: torch.Tensor | None = None  # training loss sum, wrong, examples since the last evaluation
 
     @property
@@ -75,7 +76,7 @@ def train(cfg: Config, data, model: torch.nn.Module, dataset: str = "data") -> d
 
 
 def train_loop(run: Run) -> dict:
-    """Optimizer steps from `run.start` to the end, evaluating and checkpointing when due."""
+    """Optimizer steps until the schedule's progress reaches its end, evaluating and checkpointing when due."""
     cfg, sched, acc = run.cfg, run.sched, run.accelerator
     total, per_epoch = sched.total_steps, sched.steps_per_epoch
     eval_steps = max(1, round(cfg.eval_every * per_epoch))
@@ -83,21 +84,22 @@ def train_loop(run: Run) -> dict:
     block = math.ceil(per_epoch)  # the loader is rebuilt every `block` steps: about an epoch's examples
     bar = tqdm(total=total * cfg.global_batch, initial=run.start * cfg.global_batch, unit="img", unit_scale=True,
                disable=not acc.is_local_main_process, mininterval=2, dynamic_ncols=True)
-    last_eval, batches = {}, None
+    last_eval, batches, step = {}, None, run.start
     try:
-        for step in range(run.start, total):
+        while run.tau < total:
             if batches is None or step % block == 0:
-                batches = _stream_batches(run, step, min(block - step % block, total - step))
-            gain = adascale_gain(*run.noise.estimates(), cfg.base_batch, sched.scale) if sched.adascale else None
-            lr = lr_at(step, sched, gain or 1.0)
+                batches = _stream_batches(run, step, block - step % block)
+            gain = adascale_gain(*run.noise.estimates(), cfg.base_batch, sched.scale) if sched.adascale else 1.0
+            lr = lr_at(run.tau, sched, gain)
             run.stepper.set_lr(lr)
             stats = run.stepper.step(batches)
             _log_step(run, step, lr, gain, stats, bar)
-            done = step + 1
-            if done % eval_steps == 0 or done == total:
-                last_eval = _evaluate(run, step, bar)
-            if done % ckpt_steps == 0 or done == total:
-                _save(run, done)
+            run.tau += gain if sched.gained else 1
+            step += 1
+            if step % eval_steps == 0 or run.tau >= total:
+                last_eval = _evaluate(run, step - 1, bar)
+            if step % ckpt_steps == 0 or run.tau >= total:
+                _save(run, step)
     except NonFinite as e:
         message = _divergence(run, e.what, step, lr)
         if acc.is_main_process:
@@ -150,11 +152,17 @@ def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator
 
 def run_header(cfg: Config, world_size: int, micro: int, accumulation: int, sched: Schedule,
                zero: int | None = None) -> str:
-    return (f"global batch {cfg.global_batch} = micro-batch {micro} x {world_size} processes x "
-            f"{accumulation} accumulation steps | lr {cfg.base_lr:g} x {cfg.global_batch}/{cfg.base_batch} = "
-            f"{sched.peak_lr:g} | warmup {cfg.warmup if sched.warmup_steps else 'none'} "
-            f"{sched.warmup_steps} steps | {sched.total_steps} steps ({sched.steps_per_epoch:.4g}/epoch), "
-            f"{cfg.schedule} decay | BN {cfg.bn}" + (f" n={cfg.bn_batch}" if cfg.bn == "ghost" else "")
+    batch = (f"global batch {cfg.global_batch} = micro-batch {micro} x {world_size} processes x "
+             f"{accumulation} accumulation steps")
+    if sched.gained:
+        rate = (f"lr {cfg.base_lr:g} x AdaScale gain r in [1, {sched.scale:g}] | the B={cfg.base_batch} schedule of "
+                f"{sched.total_steps} steps, read at tau += r: {sched.total_steps / sched.scale:.0f} to "
+                f"{sched.total_steps} steps, {cfg.schedule} decay")
+    else:
+        rate = (f"lr {cfg.base_lr:g} x {cfg.global_batch}/{cfg.base_batch} = {sched.peak_lr:g} | warmup "
+                f"{cfg.warmup if sched.warmup_steps else 'none'} {sched.warmup_steps} steps | {sched.total_steps} "
+                f"steps ({sched.steps_per_epoch:.4g}/epoch), {cfg.schedule} decay")
+    return (f"{batch} | {rate} | BN {cfg.bn}" + (f" n={cfg.bn_batch}" if cfg.bn == "ghost" else "")
             + (f" | ZeRO stage {zero}" if zero is not None else ""))
 
 
@@ -212,7 +220,8 @@ def _restore(run: Run, resume_from: Path | None, progress: dict) -> None:
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             raise UserError(f"checkpoint {resume_from} does not fit this --model/optimizer "
                             f"({type(e).__name__}: {first})") from None
-        run.start = min(progress["examples"] // run.cfg.global_batch, run.sched.total_steps)
+        run.start = progress["examples"] // run.cfg.global_batch
+        run.tau = min(progress["tau"], run.sched.total_steps) if run.sched.gained else run.start
         run.seen = torch.tensor(progress["train_stats"], device=acc.device)
         if run.noise is not None and progress.get("noise"):
             run.noise.load(progress["noise"])
@@ -240,11 +249,11 @@ def _train_batch(data, seed: int, item: tuple[torch.Tensor, torch.Tensor]):
     return data.train_batch(item[0], seed=seed, epoch=item[1])
 
 
-def _log_step(run: Run, step: int, lr: float, gain: float | None, stats: StepStats, bar) -> None:
+def _log_step(run: Run, step: int, lr: float, gain: float, stats: StepStats, bar) -> None:
     """The step's row in metrics.jsonl (and W&B), the noise-scale update, and the progress bar."""
     cfg, per_epoch = run.cfg, run.sched.steps_per_epoch
     run.seen += torch.stack(stats[:3])
-    row = {} if gain is None else {"gain": gain}
+    row = dict(gain=gain, tau=run.tau) if run.sched.adascale else {}
     if run.noise is not None and torch.isfinite(stats.batch_grad_sq):  # not a step fp16's scaler skipped
         W = run.accelerator.num_processes
         # Mean over ranks of the local micro-batch norms; the batch norm is the same on all.
@@ -274,7 +283,8 @@ def _evaluate(run: Run, step: int, bar) -> dict:
 
 def _save(run: Run, done: int) -> None:
     checkpoint.save(run.accelerator, run.ckpt_dir, done, dict(
-        step=done, examples=done * run.cfg.global_batch, config=run.cfg.trajectory(), dataset=run.data_id,
+        step=done, examples=done * run.cfg.global_batch, tau=run.tau, config=run.cfg.trajectory(),
+        dataset=run.data_id,
         mode=training_mode(run.accelerator),
         metrics_bytes=run.log.synced_size(), train_stats=run.seen.tolist(),
         noise=run.noise.state() if run.noise else None), run.cfg.keep_checkpoints)

@@ -1,14 +1,20 @@
 """The learning rate as a pure function of the optimizer step (Goyal et al. 2017, sections 2.1-2.2).
 
-Every rule about the rate lives here: linear scaling, warmup, decay, and AdaScale's gain with its "no
-warmup" rule. The engine writes `lr_at(step, schedule, gain)` into the optimizer's param groups before every update,
-instead of using a prepared LR scheduler: Accelerate steps a prepared scheduler once per process per
-update by default, which silently shortens warmup and decay by the world size.
+Every rule about the rate lives here: linear scaling, warmup, decay, and AdaScale (Johnson et al.
+2020). The engine writes `lr_at(tau, schedule, gain)` into the optimizer's param groups before every
+update, instead of using a prepared LR scheduler: Accelerate steps a prepared scheduler once per
+process per update by default, which silently shortens warmup and decay by the world size.
+
+`tau` is the run's progress in steps of its schedule, and the run ends when it reaches `total_steps`.
+Under linear scaling it is the optimizer step. Under AdaScale it is the scale-invariant progress: the
+schedule is the base run's (the same epochs at the base batch, no warmup), each step advances tau by
+the gain r in [1, S] and takes the rate r x the base rate at tau, so the run takes between
+total_steps / S and total_steps steps, as many as the measured gradient noise makes useful.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import UserError
 from .config import Config
@@ -27,7 +33,7 @@ class Schedule:
     warmup: str = "gradual"  # gradual | constant | none
     warmup_epochs: float = 5
     decay: str = "step"  # step | cosine
-    adascale: bool = False  # the rate is base_lr x AdaScale's gain instead of linear scaling and warmup
+    adascale: bool = False  # AdaScale over the base run's schedule instead of linear scaling and warmup
 
     @property
     def scale(self) -> float:
@@ -40,8 +46,19 @@ class Schedule:
         return self.base_lr * self.global_batch / self.base_batch
 
     @property
+    def gained(self) -> bool:
+        """AdaScale with a batch larger than the base batch (at or below it the gain is 1: plain steps)."""
+        return self.adascale and self.scale > 1
+
+    @property
+    def length(self) -> float:
+        """The schedule's length, unrounded: optimizer steps, or under AdaScale the base run's steps."""
+        return self.epochs * self.steps_per_epoch * (self.scale if self.gained else 1)
+
+    @property
     def total_steps(self) -> int:
-        return round(self.epochs * self.steps_per_epoch)
+        """The progress tau at which the run ends (see the module's docstring)."""
+        return round(self.length)
 
     @property
     def warmup_steps(self) -> int:
@@ -52,7 +69,7 @@ class Schedule:
 
     @property
     def milestones(self) -> tuple[int, ...]:
-        return tuple(round(f * self.epochs * self.steps_per_epoch) for f in STEP_MILESTONES)
+        return tuple(round(f * self.length) for f in STEP_MILESTONES)
 
 
 def schedule_of(cfg: Config, steps_per_epoch: float) -> Schedule:
@@ -75,16 +92,18 @@ def schedule_of(cfg: Config, steps_per_epoch: float) -> Schedule:
     return s
 
 
-def lr_at(step: int, s: Schedule, gain: float = 1.0) -> float:
-    """Learning rate for optimizer step `step` (0-based), per iteration, not per epoch.
+def lr_at(tau: float, s: Schedule, gain: float = 1.0) -> float:
+    """Learning rate at progress `tau` (the 0-based optimizer step, or AdaScale's progress), per iteration.
 
     gradual: from base_lr at step 0, up by a constant amount each step, reaching peak_lr at the end of
     warmup; constant: base_lr during warmup, then a jump to peak_lr; then step (/10 at 1/3, 2/3 and
     8/9 of training) or cosine (from peak_lr at the end of warmup to 0 at the last step).
-    Under AdaScale, `gain` (from `adascale_gain`) replaces linear scaling: base_lr x gain, then the decay.
+    Under AdaScale: the gain r (from `adascale_gain`) times the base run's rate at floor(tau).
     """
-    lr = _scheduled(step, s)
-    return lr * gain / s.scale if s.adascale and s.scale > 1 else lr
+    if s.gained:
+        return gain * _scheduled(int(tau), replace(s, global_batch=s.base_batch, adascale=False,
+                                                   steps_per_epoch=s.steps_per_epoch * s.scale))
+    return _scheduled(int(tau), s)
 
 
 def _scheduled(step: int, s: Schedule) -> float:
