@@ -7,55 +7,87 @@ ships this (SyncBatchNorm does the opposite), hence the module here.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
+from timm.layers import BatchNormAct2d, convert_sync_batchnorm
 from torch import nn
 
 from ..errors import UserError
 
 
-class GhostBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics come from consecutive groups of `group_size` examples.
-
-    Running statistics are updated once per group, in order, exactly as if the groups had been fed
-    one by one: a micro-batch of 4n gives the same running averages as 4 micro-batches of n.
-    """
+class _GhostGroups:
+    """The group splitting shared by the ghost BatchNorm classes (mixed in before a BatchNorm2d class)."""
 
     def __init__(self, num_features: int, group_size: int = 32, **kwargs):
         super().__init__(num_features, **kwargs)
         self.group_size = group_size
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _group_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """BatchNorm2d over x in training groups of `group_size`; over all of x in eval."""
         n = self.group_size
+        # BatchNorm2d's own forward, also for BatchNormAct2d, whose forward adds drop + act after it.
+        bn = functools.partial(nn.BatchNorm2d.forward, self)
         if not self.training or x.shape[0] == n:
-            return super().forward(x)
+            return bn(x)
         if x.shape[0] % n:
             raise UserError(f"ghost BatchNorm got a batch of {x.shape[0]}, not a multiple of --bn-batch {n}")
         # Each group through BatchNorm2d in turn: its own statistics, and running averages updated
         # exactly as if the groups came one by one. Groups of a contiguous batch are contiguous, so
         # this costs one concatenation over plain BN; a single instance_norm over a transposed view
         # copies twice and made a CPU training step ~10% slower.
-        bn = super().forward
         return torch.cat([bn(group) for group in x.split(n)])
 
 
+class GhostBatchNorm2d(_GhostGroups, nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics come from consecutive groups of `group_size` examples.
+
+    Running statistics are updated once per group, in order, exactly as if the groups had been fed
+    one by one: a micro-batch of 4n gives the same running averages as 4 micro-batches of n.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._group_norm(x)
+
+
+class GhostBatchNormAct2d(_GhostGroups, BatchNormAct2d):
+    """timm's BatchNormAct2d (BN, then its `drop` and `act`) with GhostBatchNorm2d's group statistics.
+
+    Same parameters, buffers and state-dict keys as BatchNormAct2d, so its weights load into the plain model.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(self._group_norm(x)))
+
+
+def _ghost_of(bn: nn.BatchNorm2d, group_size: int) -> nn.BatchNorm2d:
+    """The ghost twin of `bn`, holding its very parameters and buffers (same device, dtype and tensors)."""
+    kind = GhostBatchNormAct2d if type(bn) is BatchNormAct2d else GhostBatchNorm2d
+    ghost = kind(bn.num_features, group_size, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
+                 track_running_stats=bn.track_running_stats)
+    ghost.load_state_dict(bn.state_dict(keep_vars=True), assign=True)
+    if kind is GhostBatchNormAct2d:
+        ghost.drop, ghost.act = bn.drop, bn.act
+    return ghost.train(bn.training)
+
+
 def convert_batchnorm(model: nn.Module, mode: str, group_size: int) -> nn.Module:
-    """Swap every BatchNorm2d for the chosen semantics, keeping its parameters and buffers.
+    """Swap every BatchNorm2d (and timm's BatchNormAct2d) for the chosen semantics, keeping its weights.
 
     ghost: statistics over groups of `group_size`; micro: the plain micro-batch (unchanged);
-    sync: torch's SyncBatchNorm across all devices (a different function from the paper's).
+    sync: SyncBatchNorm across all devices (a different function from the paper's). Other norm layers
+    (LayerNorm, GroupNorm, ...) are left as they are.
     """
     if mode == "micro":
         return model
     if mode == "sync":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # timm's converter, not torch's: torch's turns a BatchNormAct2d into a bare SyncBatchNorm, dropping its act.
+        return convert_sync_batchnorm(model)
     if mode != "ghost":
         raise UserError(f"--bn {mode!r} is not one of ghost, micro, sync")
     for name, child in model.named_children():
-        if type(child) is nn.BatchNorm2d:
-            ghost = GhostBatchNorm2d(child.num_features, group_size, eps=child.eps, momentum=child.momentum,
-                                     affine=child.affine, track_running_stats=child.track_running_stats)
-            ghost.load_state_dict(child.state_dict())
-            setattr(model, name, ghost)
+        if type(child) in (nn.BatchNorm2d, BatchNormAct2d):
+            setattr(model, name, _ghost_of(child, group_size))
         else:
             convert_batchnorm(child, mode, group_size)
     return model

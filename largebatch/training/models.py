@@ -38,18 +38,32 @@ def resnet18_cifar(pretrained: bool = False, **kwargs) -> ResNet:
     return _small_resnet([2, 2, 2, 2], (64, 128, 256, 512), stem_width=32, stem_stride=1, **kwargs)
 
 
+def _create(cfg: Config, num_classes: int, in_chans: int) -> nn.Module:
+    """timm.create_model with zero_init_last where the model's constructor takes it."""
+    try:
+        return timm.create_model(cfg.model, num_classes=num_classes, in_chans=in_chans,
+                                 zero_init_last=cfg.zero_init_last)
+    except TypeError as e:
+        if "zero_init_last" not in str(e):
+            raise
+    if cfg.zero_init_last:
+        raise UserError(f"--model {cfg.model} has no zero-gamma option (timm's zero_init_last); "
+                        f"pass --zero-init-last false to train it without")
+    return timm.create_model(cfg.model, num_classes=num_classes, in_chans=in_chans)
+
+
 def build_model(cfg: Config, num_classes: int, in_chans: int) -> nn.Module:
     """timm model with the paper's initialization and the configured BatchNorm semantics.
 
-    Zero-gamma for the last BN of each residual block comes from timm's `zero_init_last`; the final
-    FC layer is drawn from N(0, 0.01) as in the paper.
+    Zero-gamma for the last BN of each residual block comes from timm's `zero_init_last` (models without
+    it, e.g. efficientnet_b0 or convnext_tiny, need --zero-init-last false); the final FC layer is drawn
+    from N(0, 0.01) as in the paper.
     """
     if not timm.is_model(cfg.model):
         raise UserError(f"--model {cfg.model!r} is not a timm model; try resnet_fmnist, resnet18_cifar or "
                         f"resnet50 (timm.list_models() lists them all)")
     torch.manual_seed(cfg.seed)
-    model = timm.create_model(cfg.model, num_classes=num_classes, in_chans=in_chans,
-                              zero_init_last=cfg.zero_init_last)
+    model = _create(cfg, num_classes, in_chans)
     fc = model.get_classifier()
     if isinstance(fc, nn.Linear):
         nn.init.normal_(fc.weight, std=0.01)
