@@ -43,8 +43,10 @@ results: setup
 bench: setup
 	$(BIN)/python benchmarks/run.py --out runs/bench
 
+# Two test files at a time: most of the suite's time is processes starting and importing torch, which a
+# second core overlaps. Each file stays on one worker, so a module's fixtures (tests/test_zero.py's runs) run once.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
