@@ -4,10 +4,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import Stopped, UserError, exit_with
 from ..training import noise
 from ..training.metrics import read_metrics
 from ..training.recipes import RECIPES, run_recipe
@@ -142,9 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         out = args.func(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except (UserError, Stopped) as e:
+        exit_with(e)
     if out:
         print(out)
 

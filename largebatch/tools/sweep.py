@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..errors import UserError
+from ..errors import EXIT_STOPPED, UserError
 from ..training.config import Config, parse_config
 from ..training.recipes import recipe_of
 
@@ -181,6 +181,8 @@ def command(sweep: Sweep, run: _Run, report_to: str) -> list[str]:
 
 def _outcome(run: _Run, code: int) -> str:
     summary = run.folder / "summary.json"
+    if code == EXIT_STOPPED:
+        return "stopped by a signal after a checkpoint (running the sweep again continues it)"
     if not summary.is_file():
         return f"failed (exit status {code})"
     result = json.loads(summary.read_text())
@@ -191,7 +193,8 @@ def _outcome(run: _Run, code: int) -> str:
 
 def run_sweep(path: str | Path, out: str | Path = "runs/sweeps", report_to: str = "none",
               jobs: int | None = None, dry_run: bool = False) -> int:
-    """Run the sweep's grid here; returns the number of runs that failed (diverged runs count as results)."""
+    """Run the sweep's grid here; returns the number of runs that failed or were stopped (diverged runs count
+    as results)."""
     sweep, out = load_sweep(path), Path(out)
     runs = checked_runs(sweep, out)
     # A command that launches its own processes (accelerate launch) takes every GPU, one run at a time.
@@ -252,7 +255,7 @@ def _run_all(sweep: Sweep, todo: list[_Run], report_to: str, jobs: int, gpus: in
                 log.close()
             done += 1
             outcome = _outcome(run, proc.returncode)
-            failed += outcome.startswith("failed")
+            failed += outcome.startswith(("failed", "stopped"))
             left = len(todo) + len(running)
             eta = (time.time() - started_all) / done * left
             print(f"  {run.name}: {outcome} in {time.time() - start:.0f} s | {left} to go, "

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -18,15 +19,17 @@ import torch.distributed as dist
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from ..errors import UserError
+from ..errors import Stopped, UserError
 from . import checkpoint
 from .config import Config
 from .evaluate import evaluate
-from .launch import (check_deepspeed_engaged, finish, make_accelerator, run_dir_of, start_wandb, training_mode,
-                     uses_wandb, zero_stage)
+from .launch import (check_deepspeed_engaged, finish, make_accelerator, start_wandb, training_mode, uses_wandb,
+                     zero_stage)
 from .metrics import MetricsLog, write_summary
 from .noise import NoiseScale
 from .optim import build_optimizer
+from .preempt import StopSignals, die_with_launcher, stop_agreed
+from .rundir import FolderLock, run_dir_of
 from .schedule import Schedule, adascale_gain, lr_at, schedule_of
 from .sharding import batch_loader, micro_batches, stream_steps
 from .step import NonFinite, StepStats, Stepper
@@ -49,6 +52,7 @@ class Run:
     accumulation: int
     data_id: dict  # the data set's name, size and classes: a checkpoint must match it
     run_dir: Path
+    segments: list = dataclasses.field(default_factory=list)  # the run's history of splits (config.json)
     stepper: Stepper | None = None
     log: MetricsLog | None = None
     noise: NoiseScale | None = None  # with accumulation (and not under DeepSpeed)
@@ -67,16 +71,22 @@ def train(cfg: Config, data, model: torch.nn.Module, dataset: str = "data") -> d
     A process group that exists before the call is the caller's and outlives it.
     """
     callers_group = dist.is_initialized()
+    die_with_launcher()
     accelerator = make_accelerator(cfg)
+    lock = FolderLock()
     try:
-        run = prepare(cfg, data, model, dataset, accelerator)
+        run = prepare(cfg, data, model, dataset, accelerator, lock)
         return train_loop(run) if run else {}
     finally:
+        lock.release()
         finish(accelerator, callers_group)
 
 
 def train_loop(run: Run) -> dict:
-    """Optimizer steps until the schedule's progress reaches its end, evaluating and checkpointing when due."""
+    """Optimizer steps until the schedule's progress reaches its end, evaluating and checkpointing when due.
+
+    On SIGTERM or SIGINT every rank finishes the step in flight, a checkpoint is written and `Stopped` raised.
+    """
     cfg, sched, acc = run.cfg, run.sched, run.accelerator
     total, per_epoch = sched.total_steps, sched.steps_per_epoch
     eval_steps = max(1, round(cfg.eval_every * per_epoch))
@@ -84,22 +94,25 @@ def train_loop(run: Run) -> dict:
     block = math.ceil(per_epoch)  # the loader is rebuilt every `block` steps: about an epoch's examples
     bar = tqdm(total=total * cfg.global_batch, initial=run.start * cfg.global_batch, unit="img", unit_scale=True,
                disable=not acc.is_local_main_process, mininterval=2, dynamic_ncols=True)
-    last_eval, batches, step = {}, None, run.start
+    last_eval, batches, step, saved = {}, None, run.start, run.start
     try:
-        while run.tau < total:
-            if batches is None or step % block == 0:
-                batches = _stream_batches(run, step, block - step % block)
-            gain = adascale_gain(*run.noise.estimates(), cfg.base_batch, sched.scale) if sched.adascale else 1.0
-            lr = lr_at(run.tau, sched, gain)
-            run.stepper.set_lr(lr)
-            stats = run.stepper.step(batches)
-            _log_step(run, step, lr, gain, stats, bar)
-            run.tau += gain if sched.gained else 1
-            step += 1
-            if step % eval_steps == 0 or run.tau >= total:
-                last_eval = _evaluate(run, step - 1, bar)
-            if step % ckpt_steps == 0 or run.tau >= total:
-                _save(run, step)
+        with StopSignals() as stop:
+            while run.tau < total:
+                if batches is None or step % block == 0:
+                    batches = _stream_batches(run, step, block - step % block)
+                gain = adascale_gain(*run.noise.estimates(), cfg.base_batch, sched.scale) if sched.adascale else 1.0
+                lr = lr_at(run.tau, sched, gain)
+                run.stepper.set_lr(lr)
+                stats = run.stepper.step(batches)
+                _log_step(run, step, lr, gain, stats, bar)
+                run.tau += gain if sched.gained else 1
+                step += 1
+                if step % eval_steps == 0 or run.tau >= total:
+                    last_eval = _evaluate(run, step - 1, bar)
+                if step % ckpt_steps == 0 or run.tau >= total:
+                    saved = _save(run, step)
+                if run.tau < total and (signal_name := stop_agreed(stop, acc)):
+                    raise _stopped(run, signal_name, step, saved)
     except NonFinite as e:
         message = _divergence(run, e.what, step, lr)
         if acc.is_main_process:
@@ -112,9 +125,10 @@ def train_loop(run: Run) -> dict:
     return last_eval
 
 
-def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator: Accelerator) -> Run | None:
-    """Check the launch, print the run header, open the run folder and restore the checkpoint to resume
-    from; None for --dry-run, after the header."""
+def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator: Accelerator,
+            lock: FolderLock) -> Run | None:
+    """Check the launch, print the run header, lock and open the run folder and restore the checkpoint to
+    resume from; None for --dry-run, after the header."""
     W = accelerator.num_processes
     micro, A = cfg.split(W)
     accelerator.gradient_accumulation_steps = A
@@ -134,7 +148,11 @@ def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator
     data_id = dict(name=dataset, num_train=num_train, num_classes=data.num_classes)
     run = Run(cfg, data, accelerator, sched, micro, A, data_id, run_dir_of(cfg, dataset),
               noise=NoiseScale(NOISE_DECAY) if measure_noise else None)
-    resume_from, progress = checkpoint.resume_point(cfg, run.ckpt_dir, data_id, training_mode(accelerator))
+    lock.acquire(run.run_dir, accelerator)  # before anything in the folder is read or written
+    split = dict(world_size=W, micro_batch=micro, accumulation=A)
+    resume_from, progress = checkpoint.resume_point(cfg, run.ckpt_dir, data_id, training_mode(accelerator), split)
+    run.segments = progress.get("segments", []) + [dict(step=progress.get("step", 0), **split,
+                                                        started=time.strftime("%Y-%m-%d %H:%M:%S"))]
     _open_run_dir(run, W)
     optimizer = build_optimizer(cfg, model, lr_at(0, sched))
     if deepspeed:
@@ -195,13 +213,14 @@ def _check_launch(cfg: Config, accelerator: Accelerator, accumulation: int, meas
 
 
 def _open_run_dir(run: Run, world_size: int) -> None:
-    """config.json (every option plus the derived batch split and schedule), and W&B when asked."""
+    """config.json (every option, the derived batch split and schedule, and the `segments` of the run so far:
+    from which step it ran on which split), and W&B when asked."""
     cfg, sched = run.cfg, run.sched
     info = dict(dataclasses.asdict(cfg), dataset=run.data_id["name"], num_classes=run.data.num_classes,
                 in_chans=run.data.in_chans, mode=training_mode(run.accelerator), world_size=world_size,
                 micro_batch_used=run.micro, accumulation_steps=run.accumulation, peak_lr=sched.peak_lr,
                 warmup_steps=sched.warmup_steps, total_steps=sched.total_steps,
-                steps_per_epoch=sched.steps_per_epoch)
+                steps_per_epoch=sched.steps_per_epoch, segments=run.segments)
     if run.accelerator.is_main_process:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         (run.run_dir / "config.json").write_text(json.dumps(info, indent=2))
@@ -228,7 +247,7 @@ def _restore(run: Run, resume_from: Path | None, progress: dict) -> None:
         acc.print(f"resuming from {resume_from} at step {run.start}")
     elif run.cfg.resume:
         acc.print(f"no checkpoint in {run.ckpt_dir}; starting from step 0")
-    run.log.start(progress["metrics_bytes"] if resume_from else 0)
+    run.log.start(resume_from / checkpoint.LOG if resume_from else None)
 
 
 # ---- the helpers of `train_loop` ------------------------------------------------------------------
@@ -281,13 +300,22 @@ def _evaluate(run: Run, step: int, bar) -> dict:
     return row
 
 
-def _save(run: Run, done: int) -> None:
+def _save(run: Run, done: int) -> int:
+    """Checkpoint `done` steps; returns `done`."""
     checkpoint.save(run.accelerator, run.ckpt_dir, done, dict(
         step=done, examples=done * run.cfg.global_batch, tau=run.tau, config=run.cfg.trajectory(),
-        dataset=run.data_id,
-        mode=training_mode(run.accelerator),
-        metrics_bytes=run.log.synced_size(), train_stats=run.seen.tolist(),
-        noise=run.noise.state() if run.noise else None), run.cfg.keep_checkpoints)
+        dataset=run.data_id, mode=training_mode(run.accelerator), segments=run.segments,
+        train_stats=run.seen.tolist(), noise=run.noise.state() if run.noise else None),
+        run.cfg.keep_checkpoints, run.log.path)
+    return done
+
+
+def _stopped(run: Run, signal_name: str, step: int, saved: int) -> Stopped:
+    """After a stop signal: the step just taken checkpointed (unless it already was), and the line to end with."""
+    if saved != step:
+        _save(run, step)
+    return Stopped(f"{signal_name} received: stopped after step {step} of {run.sched.total_steps} with checkpoint "
+                   f"{run.ckpt_dir / f'step_{step:08d}'}; rerun the same command with --resume to continue")
 
 
 def _divergence(run: Run, what: str, step: int, lr: float) -> str:

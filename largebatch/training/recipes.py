@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from ..errors import UserError
+from ..errors import Stopped, UserError, exit_with
 from .config import parse_config
 from .data import ImageFolderImages, load_cifar10, load_fashion_mnist
 from .engine import train
@@ -44,14 +44,13 @@ def recipe_of(program: str) -> tuple[str, Recipe]:
 
 
 def run_recipe(name: str, argv: list[str] | None = None) -> dict:
-    """Run recipe `name` with command-line options `argv` (default: sys.argv); a UserError becomes one
-    line on stderr and exit status 2."""
+    """Run recipe `name` with command-line options `argv` (default: sys.argv); a UserError or a stop becomes
+    one line on stderr and exit status 2, or errors.EXIT_STOPPED for a stop."""
     recipe = RECIPES[name]
     try:
         cfg = parse_config(sys.argv[1:] if argv is None else argv, **recipe.defaults)
         data = recipe.load(cfg.data_dir)
         model = build_model(cfg, data.num_classes, data.in_chans)
         return train(cfg, data, model, recipe.dataset)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except (UserError, Stopped) as e:
+        exit_with(e)

@@ -1,0 +1,75 @@
+"""Stopping cleanly when the machine is taken back: preemption, Ctrl-C, a killed launcher.
+
+SLURM and spot instances send SIGTERM and kill the job after a grace period (SLURM's KillWait, 30 s by
+default; torchrun forwards a launcher's SIGTERM or SIGINT to its workers and waits
+TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s). Under `StopSignals` a signal only sets a flag; the engine asks
+`stop_agreed` after every optimizer step, so all ranks stop after the same step, checkpoint it and exit
+with `errors.EXIT_STOPPED`. Workers whose launcher is killed outright (SIGKILL leaves no time to forward
+anything) get SIGTERM from the kernel (`die_with_launcher`) and stop the same way instead of running on
+as orphans.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import threading
+
+import psutil
+import torch
+from accelerate import Accelerator
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# The programs that start our workers: `accelerate launch` (its one-process launcher too), torchrun,
+# and `largebatch sweep`; matched on the names a Python command line starts with.
+_LAUNCHERS = ("accelerate", "torchrun", "torch.distributed.run", "torch.distributed.launch", "largebatch")
+
+
+class StopSignals:
+    """While inside `with StopSignals() as stop:`, SIGTERM and SIGINT set `stop.received` (the first
+    signal's name) instead of ending the process; repeats are ignored (SLURM signals every task and the
+    launcher forwards it again). Outside the main thread, where Python cannot take signals, it does nothing."""
+
+    def __enter__(self) -> "StopSignals":
+        self.received: str | None = None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._note) for sig in SIGNALS}
+        return self
+
+    def _note(self, signum, frame) -> None:
+        self.received = self.received or signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def stop_agreed(stop: StopSignals, accelerator: Accelerator) -> str | None:
+    """The signal any rank received (None: none did), the same answer on every rank: a signal reaches the
+    ranks at different moments, and they must stop after the same step to write one checkpoint."""
+    if accelerator.num_processes == 1:
+        return stop.received
+    flag = torch.tensor([float(stop.received is not None)], device=accelerator.device)
+    if accelerator.reduce(flag, "sum").item() == 0:
+        return None
+    return stop.received or "a signal to another rank"
+
+
+def die_with_launcher() -> None:
+    """Ask the kernel for SIGTERM when our launcher dies (Linux's parent-death signal), if a launcher
+    started this process. A process started from a shell is left alone: `nohup` must keep it running."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = psutil.Process().parent()
+    try:
+        program = [os.path.basename(word) for word in parent.cmdline()[:3]] if parent else []
+    except psutil.Error:
+        return
+    if not any(word.startswith(_LAUNCHERS) for word in program):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    if os.getppid() != parent.pid:  # it died before the request: nobody will send the signal
+        os.kill(os.getpid(), signal.SIGTERM)
