@@ -9,7 +9,8 @@ from conftest import ROOT
 
 from largebatch.tools.cli import main
 from largebatch.training.config import Config
-from largebatch.training.launch import run_dir_of, uses_wandb
+from largebatch.training.launch import uses_wandb
+from largebatch.training.rundir import run_dir_of
 from largebatch.tools.sweep import checked_runs, load_sweep
 
 SWEEPS = ROOT / "recipes/sweeps"

@@ -1,4 +1,4 @@
-"""Launch plumbing: the Accelerator and its process group, torchrun restarts, W&B set-up, run folders.
+"""Launch plumbing: the Accelerator and its process group, torchrun restarts, W&B set-up.
 
 Nothing here is the paper's recipe; it is what makes one `accelerate launch` line train the same way on
 CPU processes, GPUs and clusters.
@@ -122,12 +122,3 @@ def start_wandb(accelerator: Accelerator, cfg: Config, run_dir: Path, config: di
     for var, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", "wandb/cache"), ("WANDB_DATA_DIR", "wandb/data")):
         os.environ.setdefault(var, str((run_dir / sub).resolve()))
     accelerator.init_trackers(cfg.wandb_project, config=config, init_kwargs={"wandb": {"name": run_dir.name}})
-
-
-def run_dir_of(cfg: Config, dataset: str) -> Path:
-    """--run-dir; by default runs/<dataset>-B<batch>-seed<seed>, or one folder per run of a W&B agent."""
-    if cfg.run_dir:
-        return Path(cfg.run_dir)
-    if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
-        return Path(f"runs/wandb-sweep-{os.environ['WANDB_SWEEP_ID']}/{os.environ['WANDB_RUN_ID']}")
-    return Path(f"runs/{dataset}-B{cfg.global_batch}-seed{cfg.seed}")
