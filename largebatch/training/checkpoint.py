@@ -1,9 +1,10 @@
 """Checkpoints through Accelerate's `save_state`, made atomic and verifiable.
 
 Each checkpoint is written to a temporary folder, synced to disk and renamed, so a run killed at any
-moment leaves the previous checkpoint whole. `progress.json`, written last, records the step, the
-configuration and a SHA-256 of every file; a checkpoint whose files no longer match is skipped, with a
-warning, for the one before it.
+moment leaves the previous checkpoint whole. It holds a copy of the run's metrics.jsonl up to it, from
+which a damaged log is rebuilt on resume. `progress.json`, written last, records the step, the
+configuration, the run's history of splits (`segments`) and a SHA-256 of every file; a checkpoint whose
+files no longer match, or whose progress.json is gone, is skipped, with a warning, for the one before it.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ..errors import UserError
 from .config import Config
 
 PROGRESS = "progress.json"
+LOG = "metrics.jsonl"  # the run's log up to the checkpoint
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -44,8 +46,9 @@ def _manifest(folder: Path) -> dict[str, str]:
             if p.is_file() and p.name != PROGRESS}
 
 
-def save(accelerator: Accelerator, folder: Path, step: int, progress: dict, keep: int) -> Path:
-    """Save model, optimizer and RNG states plus `progress` as checkpoint `step`; keep the newest `keep`.
+def save(accelerator: Accelerator, folder: Path, step: int, progress: dict, keep: int, log: Path) -> Path:
+    """Save model, optimizer and RNG states, a copy of the metrics `log` and `progress` as checkpoint `step`;
+    keep the newest `keep`.
 
     A failed write (a full disk) removes the partial folder and raises a UserError naming the
     previous checkpoint, which is left intact.
@@ -59,6 +62,7 @@ def save(accelerator: Accelerator, folder: Path, step: int, progress: dict, keep
         accelerator.save_state(str(tmp))  # every rank writes its own RNG state
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            shutil.copyfile(log, tmp / LOG)
             (tmp / PROGRESS).write_text(json.dumps(dict(progress, files=_manifest(tmp))))
             _fsync_tree(tmp)
             shutil.rmtree(final, ignore_errors=True)
@@ -77,10 +81,11 @@ def save(accelerator: Accelerator, folder: Path, step: int, progress: dict, keep
 
 
 def completed(folder: Path) -> list[Path]:
-    """Finished checkpoints, oldest first (temporary folders of interrupted saves are ignored)."""
+    """Checkpoints, oldest first: every step_* folder (a save renames its temporary folder only when
+    complete, so one without its progress.json is damaged, not unfinished, and fails `problem`)."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.glob("step_*") if (p / PROGRESS).is_file())
+    return sorted(p for p in folder.glob("step_*") if p.is_dir())
 
 
 def problem(path: Path) -> str | None:
@@ -90,6 +95,8 @@ def problem(path: Path) -> str | None:
         files = recorded["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"unreadable {PROGRESS}: {type(e).__name__}"
+    if LOG not in files:
+        return f"it holds no copy of {LOG} (an older largebatch wrote it)"
     for name, digest in files.items():
         if not (path / name).is_file():
             return f"{name} is missing"
@@ -108,12 +115,13 @@ def latest_usable(folder: Path) -> tuple[Path, dict] | None:
     return None
 
 
-def resume_point(cfg: Config, folder: Path, dataset: dict, mode: str) -> tuple[Path | None, dict]:
+def resume_point(cfg: Config, folder: Path, dataset: dict, mode: str, split: dict) -> tuple[Path | None, dict]:
     """The checkpoint in `folder` to continue from (None: start afresh) and its progress record.
 
-    Checkpoints without --resume, none that verifies, one of another configuration, or one written in
+    Checkpoints without --resume, none that verifies, one of another configuration, one written in
     another training mode (`launch.training_mode`: ZeRO shards and plain state dicts do not load into
-    each other): a UserError.
+    each other), or on another `split` (world_size, micro_batch, accumulation) of a run that depends on
+    it (`Config.split_dependence`): a UserError.
     """
     found = completed(folder)
     if found and not cfg.resume:
@@ -130,6 +138,7 @@ def resume_point(cfg: Config, folder: Path, dataset: dict, mode: str) -> tuple[P
         raise UserError(f"checkpoint {path} was written under {written} but this launch is {mode}; resume it with "
                         f"the launch that wrote it, or take its weights with `largebatch export {folder.parent} "
                         f"OUT.safetensors`")
+    _check_split(path, progress, cfg, split)
     changes = check_compatible(path, progress, cfg, dataset)
     if changes:
         print(f"warning: resuming {path} with changes allowed by --allow-change: {', '.join(changes)}",
@@ -153,3 +162,23 @@ def check_compatible(path: Path, progress: dict, cfg: Config, dataset: dict) -> 
                         f"options, choose another --run-dir, or pass --allow-change "
                         f"{','.join(refused)} to continue with the change")
     return [f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()]
+
+
+def split_text(split: dict) -> str:
+    return f"{split['world_size']} processes x micro-batch {split['micro_batch']} x {split['accumulation']} accumulation steps"
+
+
+def _check_split(path: Path, progress: dict, cfg: Config, split: dict) -> None:
+    """A different split of the same global batch: allowed and announced when the run does not depend on
+    it, refused (unless --allow-change split) when it does."""
+    before = progress["segments"][-1]
+    if all(before[k] == v for k, v in split.items()):
+        return
+    change = f"{split_text(before)} -> {split_text(split)}"
+    why = cfg.split_dependence()
+    if why and "split" not in cfg.allowed_changes():
+        raise UserError(f"checkpoint {path} was trained on another split ({change}) and {why}, so the split shapes "
+                        f"the run; resume on the same split, or pass --allow-change split")
+    print(f"note: resuming {path} on another split of global batch {cfg.global_batch}: {change}"
+          f"{'' if why else ' (the trajectory does not depend on it)'}; recorded in config.json's segments",
+          file=sys.stderr)

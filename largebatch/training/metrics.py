@@ -3,29 +3,37 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from accelerate import Accelerator
 
+from ..errors import UserError
+
 
 class MetricsLog:
-    """Appends JSON rows on the main process; `truncate` drops rows written after a checkpoint."""
+    """Appends JSON rows on the main process; `start` continues from a checkpoint's copy of the log."""
 
     def __init__(self, path: Path, accelerator: Accelerator):
         self.path, self.accelerator = path, accelerator
 
-    def start(self, keep_bytes: int) -> None:
-        if self.accelerator.is_main_process:
-            with open(self.path, "a+b") as f:
-                f.truncate(keep_bytes)
-
-    def synced_size(self) -> int:
-        """Bytes written so far, forced to disk: a checkpoint records it to truncate to on resume."""
+    def start(self, saved: Path | None) -> None:
+        """Begin the log afresh (`saved` None) or continue the one `saved` in a checkpoint: rows written after
+        the checkpoint are dropped, and a log that no longer begins with the saved rows (truncated, edited,
+        deleted) is rebuilt from them, with a warning."""
         if not self.accelerator.is_main_process:
-            return 0
-        with open(self.path, "ab") as f:
-            os.fsync(f.fileno())
-            return f.tell()
+            return
+        kept = saved.read_bytes() if saved else b""
+        current = self.path.read_bytes() if self.path.exists() else b""
+        if current[:len(kept)] == kept:
+            with open(self.path, "r+b" if self.path.exists() else "wb") as f:
+                f.truncate(len(kept))
+            return
+        print(f"warning: {self.path} does not match checkpoint's copy of it ({len(current)} bytes, "
+              f"{len(kept)} saved); rebuilt from {saved}", file=sys.stderr)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_bytes(kept)
+        os.replace(tmp, self.path)
 
     def log(self, row: dict, step: int) -> None:
         if self.accelerator.is_main_process:
@@ -44,9 +52,13 @@ def write_summary(run_dir: Path, status: str, **extra) -> None:
 
 
 def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
-    """(per-step rows, per-evaluation rows) of a run's metrics.jsonl."""
+    """(per-step rows, per-evaluation rows) of a run's metrics.jsonl; a damaged line is a UserError."""
     steps, evals = [], []
-    for line in Path(path).read_text().splitlines():
-        row = json.loads(line)
+    for number, line in enumerate(Path(path).read_bytes().decode(errors="replace").splitlines(), 1):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise UserError(f"{path} line {number} is not a JSON row ({line[:40]!r}); resume the run with --resume "
+                            f"to rebuild the log from its newest checkpoint") from None
         (evals if "test_error" in row else steps).append(row)
     return steps, evals
