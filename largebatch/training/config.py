@@ -36,8 +36,10 @@ class Config:
     must match the checkpoint in it) or `_operational` (where and how the run is stored and logged)."""
     # The batch: B = micro_batch x world size x accumulation steps.
     global_batch: int = _trajectory(256, "examples per optimizer step, over all devices and accumulation steps (kn)")
-    micro_batch: int = _trajectory(32, "examples per device per forward/backward pass (at most: a smaller global "
-                                   "batch runs B / devices in one pass)")
+    # Operational: the split of B into devices and accumulation steps does not shape the trajectory, unless
+    # `split_dependence` says why it does; a resume checks the split separately (checkpoint.resume_point).
+    micro_batch: int = _operational(32, "examples per device per forward/backward pass (at most: a smaller global "
+                                    "batch runs B / devices in one pass)")
     epochs: float = _trajectory(90, "training length in epochs, counted in examples: epochs x N examples, in whole "
                                 "optimizer steps of the global batch")
     # The paper's recipe.
@@ -85,8 +87,9 @@ class Config:
     report_to: str = _operational("none", "also log to W&B (offline without WANDB_API_KEY)", ["none", "wandb"])
     wandb_project: str = _operational("largebatch", "W&B project name")
     dry_run: bool = _operational(False, "print the run header (batch split, scaled rate, warmup) and exit")
-    allow_change: str = _operational("", "with --resume: comma-separated options (or 'dataset') the checkpoint may "
-                                     "differ in, e.g. global_batch,epochs")
+    allow_change: str = _operational("", "with --resume: comma-separated options (or 'dataset', or 'split': the "
+                                     "devices x micro-batch x accumulation of a run that depends on it) the "
+                                     "checkpoint may differ in, e.g. global_batch,epochs")
 
     def validate(self) -> "Config":
         for f in dataclasses.fields(self):
@@ -102,12 +105,14 @@ class Config:
         for name in ("warmup_epochs", "weight_decay", "momentum", "subset", "workers", "checkpoint_every", "precise_bn"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{_flag(name)} {getattr(self, name)} must not be negative")
+        if not 0 <= self.seed < 2**32:
+            raise UserError(f"--seed {self.seed} must be between 0 and 2**32 - 1 (4294967295)")
         if self.momentum >= 1:
             raise UserError(f"--momentum {self.momentum} must be below 1")
-        unknown = set(self.allowed_changes()) - {f.name for f in dataclasses.fields(self)} - {"dataset"}
+        unknown = set(self.allowed_changes()) - {f.name for f in dataclasses.fields(self)} - {"dataset", "split"}
         if unknown:
             raise UserError(f"--allow-change names unknown options {', '.join(sorted(unknown))}; use option "
-                            f"names such as global_batch,epochs (or dataset)")
+                            f"names such as global_batch,epochs (or dataset, split)")
         if (self.warmup != "none" and self.optimizer != "adascale" and self.global_batch > self.base_batch
                 and self.warmup_epochs >= self.epochs):
             raise UserError(f"--warmup-epochs {self.warmup_epochs} must be shorter than --epochs {self.epochs}")
@@ -147,6 +152,17 @@ class Config:
                             f"{micro} x {world_size} processes = {per_step}; pick a global batch "
                             f"that is a multiple of {per_step}")
         return micro, self.global_batch // per_step
+
+    def split_dependence(self) -> str | None:
+        """Why this run's trajectory depends on how the global batch is split into devices and accumulation
+        steps; None when only float rounding does (ghost BN, precise BN, no AdaScale), so a resume may change it."""
+        if self.optimizer == "adascale":
+            return "AdaScale's gain is measured from micro-batch gradients"
+        if self.bn in ("micro", "sync"):
+            return f"--bn {self.bn} normalizes over the {'micro-batch' if self.bn == 'micro' else 'devices'}"
+        if self.precise_bn == 0:
+            return "--precise-bn 0 evaluates with rank 0's running BatchNorm statistics"
+        return None
 
     def allowed_changes(self) -> list[str]:
         return [name.strip().replace("-", "_") for name in self.allow_change.split(",") if name.strip()]
