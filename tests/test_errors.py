@@ -1,6 +1,7 @@
 """Bad input: one clear line on stderr, exit status 2, no traceback."""
 import gzip
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -65,9 +66,26 @@ def test_unknown_model():
     (["--global-batch", 0], ["--global-batch 0"]),
     (["--schedule", "linear"], ["--schedule", "linear"]),
     (["--global-batch", 4096, "--warmup-epochs", 5, "--epochs", 3], ["--warmup-epochs 5", "--epochs 3"]),
+    (["--seed", -1], ["--seed -1", "between 0 and 2**32 - 1"]),
+    (["--seed", 10**20], ["--seed 100000000000000000000", "between 0 and 2**32 - 1"]),
+    (["--seed", "1e20"], ["--seed", "invalid int value: '1e20'"]),
 ])
-def test_bad_flag_values(args, words):
-    _fails(args, *words)
+def test_bad_flag_values(args, words, tmp_path):
+    _fails(args + ["--run-dir", tmp_path / "run"], *words)
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+@pytest.mark.slow
+def test_run_dir_that_is_a_file(tmp_path):
+    (tmp_path / "taken").write_text("not a folder")
+    _fails(["--run-dir", tmp_path / "taken"], f"--run-dir {tmp_path / 'taken'} is a file, not a folder")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/sys/fs").is_dir(), reason="needs /sys, a folder nobody may write in, even root")
+@pytest.mark.parametrize("run_dir", ["/sys/fs", "/sys/fs/largebatch-run"])  # the folder itself, or its parent
+def test_run_dir_that_cannot_be_written(run_dir):
+    _fails(["--run-dir", run_dir], f"cannot write in --run-dir {run_dir}", "choose a folder you can write to")
 
 
 @pytest.mark.slow
