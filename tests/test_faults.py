@@ -17,8 +17,9 @@ pytestmark = pytest.mark.slow  # trains: see `pytest -m "not slow"` for the fast
 RECIPE = ROOT / "recipes/fashion_mnist.py"
 
 
-def _args(run_dir, *extra):
-    return ["--global-batch", 256, "--micro-batch", 64, "--subset", 2048, "--epochs", 2, "--warmup", "none",
+def _args(data, run_dir, *extra):
+    return ["--data-dir", data, "--global-batch", 256, "--micro-batch", 64, "--subset", 2048, "--epochs", 2,
+            "--warmup", "none",
             "--checkpoint-every", 2, "--keep-checkpoints", 3, "--run-dir", run_dir, *extra]
 
 
@@ -27,13 +28,14 @@ def _same_params(a_dir, b_dir):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_killed_worker_is_restarted_and_finishes_bitwise_identical(tmp_path, fmnist_dir):
+def test_killed_worker_is_restarted_and_finishes_bitwise_identical(tmp_path, small_fmnist):
     """SIGKILL one of two workers at a random checkpoint; torchrun restarts both and --resume continues."""
-    launch(RECIPE, _args(tmp_path / "straight"), nproc=2)
+    launch(RECIPE, _args(small_fmnist, tmp_path / "straight"), nproc=2)
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(ROOT / "accelerate_configs/cpu_2proc.yaml"), "--main_process_port", str(free_port()),
-           "--max_restarts", "1", "--monitor_interval", "0.5", str(RECIPE)] + [str(a) for a in _args(run, "--resume")]
+           "--max_restarts", "1", "--monitor_interval", "0.5", str(RECIPE)]
+    cmd += [str(a) for a in _args(small_fmnist, run, "--resume")]
     env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS="1")
     launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     target = f"step_{random.choice([2, 4, 6, 8, 10]):08d}"
@@ -50,30 +52,30 @@ def test_killed_worker_is_restarted_and_finishes_bitwise_identical(tmp_path, fmn
     assert step_losses(run) == step_losses(tmp_path / "straight")
 
 
-def test_corrupt_checkpoint_is_skipped_for_the_previous_one(tmp_path, fmnist_dir):
-    launch(RECIPE, _args(tmp_path / "straight"))
+def test_corrupt_checkpoint_is_skipped_for_the_previous_one(tmp_path, small_fmnist):
+    launch(RECIPE, _args(small_fmnist, tmp_path / "straight"))
     run = tmp_path / "run"
-    launch(RECIPE, _args(run))
+    launch(RECIPE, _args(small_fmnist, run))
     newest = sorted((run / "checkpoints").glob("step_*"))[-1]
     model = newest / "model.safetensors"
     model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])  # truncated
-    out = launch(RECIPE, _args(run, "--resume"))
+    out = launch(RECIPE, _args(small_fmnist, run, "--resume"))
     assert f"skipping checkpoint {newest}" in out.stderr and "model.safetensors" in out.stderr
     assert "resuming from" in out.stdout and "step_00000014" in out.stdout
     assert _same_params(run, tmp_path / "straight")
 
 
-def test_full_disk_during_checkpoint_keeps_the_previous_one(tmp_path, fmnist_dir):
-    launch(RECIPE, _args(tmp_path / "straight"))
+def test_full_disk_during_checkpoint_keeps_the_previous_one(tmp_path, small_fmnist):
+    launch(RECIPE, _args(small_fmnist, tmp_path / "straight"))
     run = tmp_path / "run"
     env_script = ROOT / "tests/full_disk_train.py"
-    out = subprocess.run([sys.executable, str(env_script)] + [str(a) for a in _args(run)], cwd=ROOT,
+    out = subprocess.run([sys.executable, str(env_script)] + [str(a) for a in _args(small_fmnist, run)], cwd=ROOT,
                          env=dict(os.environ, FULL_AT="3", TQDM_DISABLE="1"), capture_output=True, text=True)
     assert out.returncode == 2, out.stderr[-3000:]
     line = out.stderr.strip().splitlines()[-1]
     assert "No space left on device" in line and "step_00000004" in line and "is intact" in line, line
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
-    resumed = launch(RECIPE, _args(run, "--resume"))
+    resumed = launch(RECIPE, _args(small_fmnist, run, "--resume"))
     assert "resuming from" in resumed.stdout and "step_00000004" in resumed.stdout
     assert _same_params(run, tmp_path / "straight")
     assert step_losses(run) == step_losses(tmp_path / "straight")
@@ -96,11 +98,11 @@ def test_divergence_stops_with_step_rate_and_cause(tmp_path, fmnist_dir):
     assert all(torch.isfinite(v.float()).all() for v in params.values())
 
 
-def test_resume_with_allowed_change_of_batch(tmp_path, fmnist_dir):
+def test_resume_with_allowed_change_of_batch(tmp_path, small_fmnist):
     run = tmp_path / "run"
-    launch(RECIPE, _args(run, "--epochs", 1))
-    refused = launch(RECIPE, _args(run, "--epochs", 2, "--resume"), check=False)
+    launch(RECIPE, _args(small_fmnist, run, "--epochs", 1))
+    refused = launch(RECIPE, _args(small_fmnist, run, "--epochs", 2, "--resume"), check=False)
     assert refused.returncode == 2 and "--allow-change epochs" in refused.stderr
-    out = launch(RECIPE, _args(run, "--epochs", 2, "--resume", "--allow-change", "epochs"))
+    out = launch(RECIPE, _args(small_fmnist, run, "--epochs", 2, "--resume", "--allow-change", "epochs"))
     assert "epochs 1.0 -> 2.0" in out.stderr and "resuming from" in out.stdout
     assert len(step_losses(run)) == 16

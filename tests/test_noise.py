@@ -60,7 +60,7 @@ def test_adascale_gain_is_one_at_one_worker_and_at_most_the_scale():
 
 
 @pytest.mark.slow
-def test_runs_log_the_noise_scale_and_adascale_gain(tmp_path, fmnist_dir):
+def test_runs_log_the_noise_scale_and_adascale_gain(tmp_path, small_fmnist):
     import shutil
 
     from conftest import ROOT, launch
@@ -68,8 +68,8 @@ def test_runs_log_the_noise_scale_and_adascale_gain(tmp_path, fmnist_dir):
     from largebatch.training.schedule import Schedule, lr_at
 
     run = tmp_path / "ada"
-    args = ["--global-batch", 1024, "--micro-batch", 256, "--subset", 4096, "--epochs", 1, "--optimizer", "adascale",
-            "--checkpoint-every", 1, "--keep-checkpoints", 20]
+    args = ["--data-dir", small_fmnist, "--global-batch", 1024, "--micro-batch", 256, "--subset", 4096, "--epochs", 1,
+            "--optimizer", "adascale", "--checkpoint-every", 1, "--keep-checkpoints", 20]
     launch(ROOT / "recipes/fashion_mnist.py", [*args, "--run-dir", run])
     steps, _ = read_metrics(run / "metrics.jsonl")
     assert steps[0]["gain"] == 1.0  # no estimate before the first step
@@ -108,7 +108,7 @@ def test_recommendation_is_the_largest_power_of_two_multiple_not_above_b_simple(
 
 
 @pytest.mark.slow
-def test_noise_command(tmp_path, fmnist_dir, capsys, monkeypatch):
+def test_noise_command(tmp_path, small_fmnist, capsys, monkeypatch):
     import json
     from conftest import ROOT
 
@@ -118,7 +118,7 @@ def test_noise_command(tmp_path, fmnist_dir, capsys, monkeypatch):
 
     monkeypatch.chdir(ROOT)
     main(["noise", "--global-batch", "256", "--micro-batch", "64", "--run-dir", str(tmp_path / "n"),
-          "--", "--subset", "2560"])
+          "--", "--subset", "2560", "--data-dir", str(small_fmnist)])
     out = capsys.readouterr().out
     steps, _ = read_metrics(tmp_path / "n/metrics.jsonl")
     b, rows = critical_batch(steps)

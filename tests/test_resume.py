@@ -16,17 +16,19 @@ pytestmark = pytest.mark.slow  # trains: see `pytest -m "not slow"` for the fast
 RECIPE = ROOT / "recipes/fashion_mnist.py"
 
 
-def _args(run_dir):
-    return ["--global-batch", 512, "--micro-batch", 128, "--subset", 3840, "--epochs", 3, "--warmup-epochs", 0.5,
+def _args(data, run_dir):
+    return ["--data-dir", data, "--global-batch", 512, "--micro-batch", 128, "--subset", 3840, "--epochs", 3,
+            "--warmup-epochs", 0.5,
             "--checkpoint-every", 2, "--keep-checkpoints", 3, "--run-dir", run_dir]
 
 
-def test_kill_and_resume_gives_identical_parameters_and_metrics(tmp_path, fmnist_dir):
-    launch(RECIPE, _args(tmp_path / "straight"))
+def test_kill_and_resume_gives_identical_parameters_and_metrics(tmp_path, small_fmnist):
+    launch(RECIPE, _args(small_fmnist, tmp_path / "straight"))
 
     killed = tmp_path / "killed"
     env = dict(os.environ, TQDM_DISABLE="1")
-    proc = subprocess.Popen([sys.executable, str(RECIPE)] + [str(a) for a in _args(killed)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, str(RECIPE)] + [str(a) for a in _args(small_fmnist, killed)], cwd=ROOT,
+                            env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not list((killed / "checkpoints").glob("step_00000004")) and time.time() < deadline:
@@ -36,7 +38,7 @@ def test_kill_and_resume_gives_identical_parameters_and_metrics(tmp_path, fmnist
     done = sorted(p.name for p in (killed / "checkpoints").glob("step_*"))
     assert done and done[-1] < "step_00000024", f"the run finished before it could be killed: {done}"
 
-    out = launch(RECIPE, _args(killed) + ["--resume"])
+    out = launch(RECIPE, _args(small_fmnist, killed) + ["--resume"])
     assert "resuming from" in out.stdout
     a, b = final_params(tmp_path / "straight"), final_params(killed)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -44,7 +46,7 @@ def test_kill_and_resume_gives_identical_parameters_and_metrics(tmp_path, fmnist
     assert len(list((killed / "checkpoints").glob("step_*"))) == 3  # keep-checkpoints
 
 
-def test_resume_refuses_checkpoint_of_another_config(tmp_path, fmnist_dir):
+def test_resume_refuses_checkpoint_of_another_config(tmp_path, small_fmnist):
     run = tmp_path / "run"
     launch(RECIPE, ["--global-batch", 256, "--subset", 512, "--epochs", 1, "--run-dir", run])
     out = launch(RECIPE, ["--global-batch", 512, "--subset", 512, "--epochs", 1, "--warmup", "none",
