@@ -11,6 +11,8 @@ number of BN groups, the groups are the same for every split.
 """
 from __future__ import annotations
 
+import signal
+
 import torch
 
 
@@ -53,4 +55,10 @@ class _Batches(torch.utils.data.Dataset):
 def batch_loader(fetch, index_lists: list[torch.Tensor], workers: int) -> torch.utils.data.DataLoader:
     """A loader yielding `fetch(indices)` for each index tensor in order, decoded in `workers` processes."""
     return torch.utils.data.DataLoader(_Batches(fetch, index_lists), batch_size=None, num_workers=workers,
-                                       pin_memory=torch.cuda.is_available())
+                                       pin_memory=torch.cuda.is_available(), worker_init_fn=_ignore_ctrl_c)
+
+
+def _ignore_ctrl_c(worker_id: int) -> None:
+    """Ctrl-C reaches the loader's workers too (one process group); they keep loading while the training
+    process finishes its step and checkpoints (preempt.py), and end with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
