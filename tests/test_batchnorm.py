@@ -49,6 +49,40 @@ def test_ghost_running_stats_equal_feeding_groups_one_by_one():
     assert torch.allclose(ghost(x), ref(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("momentum", [0.1, None])  # None: the cumulative average precise BN uses
+def test_ghost_bn_is_plain_bn_group_by_group(layout, dtype, momentum):
+    """Outputs, input gradients, gamma/beta gradients, running statistics and counters of one ghost call
+    equal plain BatchNorm2d applied to each group in turn, in fp32 and under bf16 autocast (CPU), for
+    contiguous and channels-last inputs; the output keeps the input's layout."""
+    torch.manual_seed(0)
+    ref = nn.BatchNorm2d(6, momentum=momentum)
+    nn.init.uniform_(ref.weight, 0.5, 1.5)
+    nn.init.uniform_(ref.bias)
+    ghost = GhostBatchNorm2d(6, 8, momentum=momentum)
+    ghost.load_state_dict(ref.state_dict())
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = (torch.randn(32, 6, 5, 5) * 3 + 1).to(dtype).contiguous(memory_format=fmt)
+    gy = torch.randn(32, 6, 5, 5).to(dtype)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        out = ghost(xa)
+        expected = torch.cat([ref(chunk) for chunk in xb.split(8)])
+    (out.float() * gy.float()).sum().backward()
+    (expected.float() * gy.float()).sum().backward()
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=3e-2, rtol=2e-2)
+    assert out.dtype == expected.dtype == dtype and out.is_contiguous(memory_format=fmt)
+    assert torch.allclose(out.float(), expected.float(), **tol)
+    assert torch.allclose(xa.grad.float(), xb.grad.float(), **tol)
+    for name in ("weight", "bias"):  # sums over 800 examples: relative tolerance
+        a, b = getattr(ghost, name).grad, getattr(ref, name).grad
+        assert torch.allclose(a, b, rtol=1e-4 if dtype == torch.float32 else 2e-2, atol=1e-3), name
+    for name in ("running_mean", "running_var"):  # statistics in fp32 both ways
+        assert torch.allclose(getattr(ghost, name), getattr(ref, name), atol=1e-5, rtol=1e-5), name
+    assert int(ghost.num_batches_tracked) == int(ref.num_batches_tracked) == 4
+
+
 def test_convert_keeps_parameters_and_zero_gamma():
     model = build_model(Config(bn="micro"), num_classes=10, in_chans=1)
     before = copy.deepcopy(model.state_dict())
