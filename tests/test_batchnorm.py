@@ -52,21 +52,24 @@ def test_ghost_running_stats_equal_feeding_groups_one_by_one():
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("momentum", [0.1, None])  # None: the cumulative average precise BN uses
-def test_ghost_bn_is_plain_bn_group_by_group(layout, dtype, momentum):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU (run on one with `device`: docs/benchmarks.md)"))])
+def test_ghost_bn_is_plain_bn_group_by_group(layout, dtype, momentum, device):
     """Outputs, input gradients, gamma/beta gradients, running statistics and counters of one ghost call
-    equal plain BatchNorm2d applied to each group in turn, in fp32 and under bf16 autocast (CPU), for
-    contiguous and channels-last inputs; the output keeps the input's layout."""
+    equal plain BatchNorm2d applied to each group in turn, in fp32 and under bf16 autocast, for contiguous
+    and channels-last inputs, on CPU and GPU; the output keeps the input's layout."""
     torch.manual_seed(0)
     ref = nn.BatchNorm2d(6, momentum=momentum)
     nn.init.uniform_(ref.weight, 0.5, 1.5)
     nn.init.uniform_(ref.bias)
     ghost = GhostBatchNorm2d(6, 8, momentum=momentum)
     ghost.load_state_dict(ref.state_dict())
+    ref, ghost = ref.to(device), ghost.to(device)
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    x = (torch.randn(32, 6, 5, 5) * 3 + 1).to(dtype).contiguous(memory_format=fmt)
-    gy = torch.randn(32, 6, 5, 5).to(dtype)
+    x = (torch.randn(32, 6, 5, 5) * 3 + 1).to(device, dtype).contiguous(memory_format=fmt)
+    gy = torch.randn(32, 6, 5, 5).to(device, dtype)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         out = ghost(xa)
         expected = torch.cat([ref(chunk) for chunk in xb.split(8)])
     (out.float() * gy.float()).sum().backward()
