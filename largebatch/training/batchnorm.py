@@ -7,6 +7,8 @@ ships this (SyncBatchNorm does the opposite), hence the module here.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from timm.layers import BatchNormAct2d, convert_sync_batchnorm
 from torch import nn
@@ -29,6 +31,11 @@ class _GhostGroups:
             return nn.BatchNorm2d.forward(self, x)
         if x.shape[0] % n:
             raise UserError(f"ghost BatchNorm got a batch of {x.shape[0]}, not a multiple of --bn-batch {n}")
+        if x.is_cuda:
+            # Each group through BatchNorm2d (cuDNN) in turn: on an H200 (ResNet-50, 224², bf16) 0.91x plain
+            # BN's speed, where the one-pass kernels below, unfused eager ops in fp32, ran at 0.60x.
+            bn = functools.partial(nn.BatchNorm2d.forward, self)
+            return torch.cat([bn(group) for group in x.split(n)])
         weight = self.weight if self.affine else torch.ones(x.shape[1], device=x.device)
         bias = self.bias if self.affine else torch.zeros(x.shape[1], device=x.device)
         out, mean, var = _GhostNorm.apply(x.contiguous(memory_format=_layout(x)), weight, bias, n, self.eps)
