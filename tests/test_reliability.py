@@ -187,12 +187,12 @@ def test_damaged_metrics_log_is_rebuilt_from_the_checkpoint(damage, straight, sm
 
 @pytest.mark.slow
 def test_split_drift_is_bounded(straight):
-    """1 and 2 processes take the same steps up to float rounding, which BN networks amplify at a high
-    rate (README, "What is exact and what drifts"): exact over the first steps, then apart by up to 4.3e-3
-    in the loss by step 32 here."""
+    """1 and 2 processes take the same steps up to float rounding (sums in another order), which BN networks
+    amplify at a high rate (README, "What is exact and what drifts"): within 1e-6 over the first steps,
+    then apart by up to 4.3e-3 in the loss by step 32 here."""
     one, two = step_losses(straight[1]), step_losses(straight[2])
     assert len(one) == len(two) == 32
-    assert one[:2] == two[:2]
+    assert all(abs(a - b) < 1e-6 for a, b in zip(one[:4], two[:4]))
     drift = max(abs(a - b) for a, b in zip(one, two))
     assert 0 < drift < 1e-2, drift
 
