@@ -54,6 +54,8 @@ parameters:
     ("weight_decay", 2, {"wd-scaling": ["none", "inverse"]}),
     ("lr_sensitivity", 3, {"base-lr": [0.05, 0.1, 0.2]}),
     ("beyond", 3, {"optimizer": ["sgd", "lars", "adascale"]}),
+    ("figure1", 16, {"global-batch": [64, 128, 256, 512, 1024, 2048, 4096, 8192], "seed": [0, 1]}),
+    ("budget", 18, {"epochs": [6, 10, 20], "global-batch": [256, 128, 64], "seed": [0, 1]}),
     ("imagenet_batch_size", 30, {"global-batch": [256, 512, 1024, 2048, 4096, 8192], "seed": [0, 1, 2, 3, 4]}),
 ])
 def test_repository_sweeps(name, count, varying, tmp_path):
@@ -65,7 +67,7 @@ def test_repository_sweeps(name, count, varying, tmp_path):
     if name.startswith("imagenet"):
         assert {(c.model, c.epochs, c.bn, c.bn_batch, c.warmup, c.warmup_epochs) for c in configs} == {
             ("resnet50", 90, "ghost", 32, "gradual", 5)}
-    if name != "batch_size" and not name.startswith("imagenet"):
+    if name not in ("batch_size", "figure1", "budget") and not name.startswith("imagenet"):
         # The ablations sit at one batch size the batch-size sweep also ran, so its runs are reused.
         batch = load_sweep(SWEEPS / "batch_size.yaml")
         assert len({c.global_batch for c in configs}) == 1
