@@ -238,3 +238,20 @@ def test_damaged_metrics_line_is_one_clear_error(tmp_path):
 def test_what_makes_a_run_depend_on_its_split(changes, dependence):
     why = Config(**changes).split_dependence()
     assert (why is None) if dependence is None else (dependence in why)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("marker", ["TORCHELASTIC_RUN_ID", "LARGEBATCH_LAUNCHER_PID"])
+def test_worker_whose_launcher_is_already_gone_does_not_train(marker):
+    """A worker of torchrun or of `largebatch sweep` whose parent is no launcher (the launcher was killed
+    while it started, so the kernel cannot tell it any more) stops before training; a plain process goes on."""
+    code = "from largebatch.training.preempt import die_with_launcher; die_with_launcher(); print('went on')"
+    import os
+    import sys
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    plain = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert plain.returncode == 0 and "went on" in plain.stdout
+    orphan = subprocess.run([sys.executable, "-c", code], env=dict(env, **{marker: "1"}), capture_output=True,
+                            text=True)
+    assert orphan.returncode != 0 and "went on" not in orphan.stdout
+    assert "launcher that started this process is gone" in orphan.stderr

@@ -26,6 +26,7 @@ import yaml
 
 from ..errors import EXIT_STOPPED, UserError
 from ..training.config import Config, parse_config
+from ..training.preempt import LAUNCHED_BY
 from ..training.recipes import recipe_of
 
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]  # W&B's default
@@ -236,7 +237,7 @@ def _run_all(sweep: Sweep, todo: list[_Run], report_to: str, jobs: int, gpus: in
     while todo or running:
         while todo and free:
             run, slot = todo.pop(0), free.pop(0)
-            env = dict(os.environ, WANDB_RUN_GROUP=sweep.name)
+            env = dict(os.environ, WANDB_RUN_GROUP=sweep.name, **{LAUNCHED_BY: str(os.getpid())})
             if gpus:  # one run per GPU
                 env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
             elif jobs > 1:

@@ -20,7 +20,10 @@ import psutil
 import torch
 from accelerate import Accelerator
 
+from ..errors import Stopped
+
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+LAUNCHED_BY = "LARGEBATCH_LAUNCHER_PID"  # set by `largebatch sweep` for the runs it starts
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # The programs that start our workers: `accelerate launch` (its one-process launcher too), torchrun,
 # and `largebatch sweep`; matched on the names a Python command line starts with.
@@ -60,15 +63,21 @@ def stop_agreed(stop: StopSignals, accelerator: Accelerator) -> str | None:
 
 def die_with_launcher() -> None:
     """Ask the kernel for SIGTERM when our launcher dies (Linux's parent-death signal), if a launcher
-    started this process. A process started from a shell is left alone: `nohup` must keep it running."""
+    started this process; if the launcher is already gone (killed while this process was starting), stop
+    before training. A process started from a shell is left alone: `nohup` must keep it running."""
     if not sys.platform.startswith("linux"):
         return
     parent = psutil.Process().parent()
     try:
         program = [os.path.basename(word) for word in parent.cmdline()[:3]] if parent else []
     except psutil.Error:
-        return
+        program = []
     if not any(word.startswith(_LAUNCHERS) for word in program):
+        # torchrun marks its workers, `largebatch sweep` its runs: such a process under another parent
+        # has been orphaned already.
+        if LAUNCHED_BY in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:
+            raise Stopped("the launcher that started this process is gone (killed while it was starting); "
+                          "nothing was trained: launch again (with --resume to continue a run)")
         return
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
     if os.getppid() != parent.pid:  # it died before the request: nobody will send the signal
