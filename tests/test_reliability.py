@@ -123,11 +123,14 @@ def test_killed_launcher_takes_its_workers_along_and_another_split_resumes(strai
     segments = json.loads((run / "config.json").read_text())["segments"]
     assert [(s["step"], s["world_size"], s["micro_batch"], s["accumulation"]) for s in segments] == [
         (0, 2, 64, 2), (int(stopped[5:]), 1, 128, 2)]
-    # The same run up to float rounding, which grows with the steps taken on the other split (see
-    # test_split_drift_is_bounded; 8.6e-4 after 24 of 32 steps here); BN's num_batches_tracked counts
-    # micro-batch passes, which the split changes (and nothing reads: BN's momentum is set).
-    a, b = final_params(run), final_params(straight[2])
-    assert max((a[k] - b[k]).abs().max().item() for k in a if "num_batches" not in k) < 1e-2
+    # The same run up to float rounding, which grows with the steps taken on the other split: no further
+    # from the straight 2-process run than twice the straight 1-process run is (see
+    # test_split_drift_is_bounded; 0.017 against 0.046 when resumed at step 4). BN's num_batches_tracked
+    # counts micro-batch passes, which the split changes (and nothing reads: BN's momentum is set).
+    def apart(x, y):
+        return max((x[k] - y[k]).abs().max().item() for k in x if "num_batches" not in k)
+    two = final_params(straight[2])
+    assert apart(final_params(run), two) <= max(2 * apart(final_params(straight[1]), two), 1e-3)
 
 
 @pytest.mark.slow
