@@ -55,7 +55,7 @@ parameters:
     ("lr_sensitivity", 3, {"base-lr": [0.05, 0.1, 0.2]}),
     ("beyond", 3, {"optimizer": ["sgd", "lars", "adascale"]}),
     ("figure1", 16, {"global-batch": [64, 128, 256, 512, 1024, 2048, 4096, 8192], "seed": [0, 1]}),
-    ("budget", 18, {"epochs": [6, 10, 20], "global-batch": [256, 128, 64], "seed": [0, 1]}),
+    ("budget", 12, {"epochs": [6, 10], "global-batch": [256, 128, 64], "seed": [0, 1]}),
     ("imagenet_batch_size", 30, {"global-batch": [256, 512, 1024, 2048, 4096, 8192], "seed": [0, 1, 2, 3, 4]}),
 ])
 def test_repository_sweeps(name, count, varying, tmp_path):
