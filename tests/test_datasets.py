@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from conftest import write_idx
 
 from largebatch.errors import UserError
-from largebatch.training.data import ImageFolderImages, load_cifar10, load_fashion_mnist, read_idx
+from largebatch.training.data import load_cifar10, load_fashion_mnist, read_idx
 
 
 def write_fmnist(folder, n_train=40, n_test=20, gz=True):
@@ -76,31 +76,3 @@ def test_cifar10_python_batches(tmp_path):
     (tmp_path / "test_batch").write_bytes(b"garbage")
     with pytest.raises(UserError, match="not a CIFAR-10 python batch"):
         load_cifar10(str(tmp_path))
-
-
-def test_imagenet_imagefolder(tmp_path, monkeypatch):
-    from PIL import Image
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    rng = np.random.default_rng(2)
-    for split, n in (("train", 3), ("val", 2)):
-        for cls in ("n01440764", "n01443537"):
-            (tmp_path / "in" / split / cls).mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
-                    tmp_path / "in" / split / cls / f"{cls}_{i}.JPEG", format="JPEG")
-    data = ImageFolderImages(str(tmp_path / "in"), img_size=32)
-    assert (data.num_train, data.num_test, data.num_classes) == (6, 4, 2)
-    idx = torch.tensor([0, 4, 5])
-    x, y = data.train_batch(idx, seed=0, epoch=0)
-    assert x.shape == (3, 3, 32, 32)
-    assert sorted(data.train[i]["label"] for i in range(6)) == [0, 0, 0, 1, 1, 1]
-    assert y.tolist() == [data.train[i]["label"] for i in (0, 4, 5)]
-    again, _ = data.train_batch(idx[1:], seed=0, epoch=0)  # the same crops, whatever the batch
-    assert torch.equal(x[1:], again)
-    other, _ = data.train_batch(idx, seed=0, epoch=1)
-    assert not torch.equal(x, other)
-    xt, yt = data.test_batch(torch.arange(4))
-    assert xt.shape == (4, 3, 32, 32) and sorted(yt.tolist()) == [0, 0, 1, 1]
-    with pytest.raises(UserError, match="lacks train/ and val/"):
-        ImageFolderImages(str(tmp_path / "nowhere"))

@@ -1,7 +1,14 @@
+import os
+import subprocess
+import sys
+
+import pytest
 import torch
 
+from conftest import ROOT
+
 from largebatch.training.augment import crop_flip
-from largebatch.training.sharding import epoch_permutation, micro_batches, stream_steps
+from largebatch.training.sharding import epoch_permutation, micro_batches, stream_loader, stream_steps
 
 
 def test_the_stream_is_the_epochs_permutations_one_after_another():
@@ -52,3 +59,37 @@ def test_augmentation_is_a_function_of_seed_epoch_index():
     mixed = crop_flip(images, idx, seed=1, epoch=torch.tensor([2] * 25 + [3] * 25), pad=2, flip=True)
     assert torch.equal(mixed[:25], full[:25])
     assert torch.equal(mixed[25:], crop_flip(images, idx, seed=1, epoch=3, pad=2, flip=True)[25:])
+
+
+def _pair_and_pid(indices, epochs):
+    return indices, epochs, os.getpid()
+
+
+def test_one_loader_serves_the_run_in_step_order():
+    # Each micro-batch is computed from its number in whichever worker fetches it: the same (indices,
+    # epochs) as stream_steps cut by micro_batches, across epoch ends, and the same workers throughout.
+    num, B, W, A = 1000, 96, 2, 3
+    indices, epochs = stream_steps(num, B, 7, first_step=5, steps=25)  # epochs 0 to 2
+    for rank in range(W):
+        expected = [pair for s in range(25)
+                    for pair in zip(micro_batches(indices[s], rank, W, A), micro_batches(epochs[s], rank, W, A))]
+        for workers in (0, 2):
+            got = list(stream_loader(_pair_and_pid, num, B, 7, rank, W, A, 5, 25, workers))
+            assert len(got) == len(expected) == 75
+            assert all(torch.equal(i, ei) and torch.equal(e, ee) for (i, e, _), (ei, ee) in zip(got, expected))
+            assert len({pid for *_, pid in got}) == (workers or 1)
+
+
+@pytest.mark.slow
+def test_the_engine_starts_its_loader_workers_once_per_run(tmp_path, small_fmnist):
+    # 3 epochs with 3 evaluations, one worker per loader: the training stream, the test set and the
+    # precise-BN examples each start their worker once (an epoch's loader would start 3 + 2 x 3).
+    starts = tmp_path / "starts"
+    proc = subprocess.run([sys.executable, str(ROOT / "tests/loader_starts_train.py"), f"--data-dir={small_fmnist}",
+                           "--subset=128", "--global-batch=64", "--micro-batch=32", "--epochs=3", "--workers=1",
+                           "--precise-bn=64", f"--run-dir={tmp_path / 'run'}"],
+                          env=dict(os.environ, STARTS=str(starts), TQDM_DISABLE="1"), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("epoch ") >= 3 and "epoch 3.00" in proc.stdout
+    assert len(starts.read_text().split()) == 3

@@ -12,6 +12,7 @@ from ..training.metrics import read_metrics
 from ..training.recipes import RECIPES, run_recipe
 from . import figures, plan
 from .export import export
+from .prepare import prepare_imagenet
 from .report import write_report
 from .sweep import run_sweep
 
@@ -134,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default="runs/noise")
     p.add_argument("recipe_args", nargs="*", help="more recipe options, after --: -- --subset 10000")
     p.set_defaults(func=noise_run)
+    p = sub.add_parser("prepare-imagenet", help="a resized copy of an ImageNet folder (shorter side <= 256) in "
+                                                "Arrow shards, which runs read faster (--data-dir DST)")
+    p.add_argument("src", help="ImageNet folder with train/<class>/*.JPEG and val/<class>/*.JPEG")
+    p.add_argument("dst", help="where to write the copy (a killed copy resumes here)")
+    p.add_argument("--short-side", type=int, default=256, help="shorter side of the stored images, at most")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality of the stored images")
+    p.add_argument("--jobs", type=int, default=0, help="processes (default: one per CPU core)")
+    p.set_defaults(func=lambda a: prepare_imagenet(a.src, a.dst, a.short_side, a.quality, a.jobs))
     return parser
 
 

@@ -77,6 +77,8 @@ class Config:
     data_dir: str = _operational("", "folder holding the data set files (recipe default if empty)")
     subset: int = _trajectory(0, "train on the first N training examples only (0: all)")
     workers: int = _operational(0, "data-loading worker processes per device (0: load in the training process)")
+    decode: str = _operational("cpu", "where JPEG images are decoded: in the loader (libjpeg-turbo) or on the "
+                               "training GPU (nvJPEG); recipes/imagenet.py only", ["cpu", "gpu"])
     seed: int = _trajectory(0, "seed for initialization, data order and augmentation")
     # Where results go.
     run_dir: str = _operational("", "output folder (default runs/<dataset>-B<global batch>-seed<seed>)")

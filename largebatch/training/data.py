@@ -3,20 +3,20 @@
 Every data set offers `num_train`, `num_test`, `num_classes`, `in_chans`, and
 `train_batch(indices, seed, epoch)` / `test_batch(indices)` returning (images, labels) tensors.
 Training batches are augmented as a pure function of (seed, epoch, example index); `epoch` is one
-number or a tensor of one per example.
+number or a tensor of one per example. The data sets held in memory are here; ImageNet-style JPEGs are
+in images.py.
 """
 from __future__ import annotations
 
 import gzip
 import pickle
-import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import UserError
-from .augment import crop_flip, example_hash
+from .augment import crop_flip
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_HOWTO = ("install it with `apt-get install dataset-fashion-mnist` (files land in "
@@ -139,52 +139,3 @@ def load_cifar10(data_dir: str) -> InMemoryImages:
     train = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     return InMemoryImages(train, _cifar_batch(folder / "test_batch"),
                           mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), pad=4, flip=True)
-
-
-# --- ImageNet-style image folders, through HF datasets and timm's transforms ----------------------
-
-IMAGENET_HOWTO = "pass --data-dir DIR with DIR/train/<class>/*.JPEG and DIR/val/<class>/*.JPEG"
-
-
-class ImageFolderImages:
-    """Images decoded on demand from an `imagefolder` data set, with timm's train/eval transforms.
-
-    Each example's transform runs under RNG seeds derived from (seed, epoch, index), so its random
-    resized crop and flip do not depend on which device or worker decodes it.
-    """
-
-    def __init__(self, data_dir: str, img_size: int = 224):
-        import datasets
-        from timm.data import create_transform
-        folder = Path(data_dir)
-        if not data_dir or not (folder / "train").is_dir() or not (folder / "val").is_dir():
-            raise UserError(f"ImageNet folder {data_dir or '(none given)'} lacks train/ and val/; {IMAGENET_HOWTO}")
-        ds = datasets.load_dataset("imagefolder", data_dir=str(folder))
-        self.train, self.test = ds["train"], ds["validation"]
-        self.num_classes = self.train.features["label"].num_classes
-        self.in_chans = 3
-        self.train_tf = create_transform(img_size, is_training=True)
-        self.test_tf = create_transform(img_size, is_training=False)
-
-    @property
-    def num_train(self) -> int:
-        return len(self.train)
-
-    @property
-    def num_test(self) -> int:
-        return len(self.test)
-
-    def train_batch(self, indices: torch.Tensor, seed: int, epoch: int | torch.Tensor):
-        rows = self.train[indices.tolist()]
-        xs, py_state = [], random.getstate()
-        with torch.random.fork_rng(devices=[]):  # timm's transforms draw from torch's and python's RNGs
-            for image, h in zip(rows["image"], example_hash(seed, epoch, indices)):
-                random.seed(int(h))
-                torch.manual_seed(int(h) & 0x7FFF_FFFF_FFFF_FFFF)
-                xs.append(self.train_tf(image.convert("RGB")))
-        random.setstate(py_state)
-        return torch.stack(xs), torch.tensor(rows["label"])
-
-    def test_batch(self, indices: torch.Tensor):
-        rows = self.test[indices.tolist()]
-        return torch.stack([self.test_tf(im.convert("RGB")) for im in rows["image"]]), torch.tensor(rows["label"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from tqdm.auto import tqdm
 from ..errors import Stopped, UserError
 from . import checkpoint
 from .config import Config
-from .evaluate import evaluate
+from .evaluate import Evaluator
 from .launch import (check_deepspeed_engaged, finish, make_accelerator, start_wandb, training_mode, uses_wandb,
                      zero_stage)
 from .metrics import MetricsLog, write_summary
@@ -31,7 +30,7 @@ from .optim import build_optimizer
 from .preempt import StopSignals, die_with_launcher, stop_agreed
 from .rundir import FolderLock, run_dir_of
 from .schedule import Schedule, adascale_gain, lr_at, schedule_of
-from .sharding import batch_loader, micro_batches, stream_steps
+from .sharding import stream_loader
 from .step import NonFinite, StepStats, Stepper
 
 NOISE_DECAY = 0.95  # moving average of the noise estimates over about 20 optimizer steps
@@ -56,6 +55,7 @@ class Run:
     stepper: Stepper | None = None
     log: MetricsLog | None = None
     noise: NoiseScale | None = None  # with accumulation (and not under DeepSpeed)
+    evaluate: Evaluator | None = None
     start: int = 0  # the first optimizer step still to take
     tau: float = 0.0  # progress through the schedule: the step, or AdaScale's sum of gains (schedule.py)
     seen: torch.Tensor | None = None  # training loss sum, wrong, examples since the last evaluation
@@ -91,15 +91,13 @@ def train_loop(run: Run) -> dict:
     total, per_epoch = sched.total_steps, sched.steps_per_epoch
     eval_steps = max(1, round(cfg.eval_every * per_epoch))
     ckpt_steps = cfg.checkpoint_every or max(1, round(per_epoch))
-    block = math.ceil(per_epoch)  # the loader is rebuilt every `block` steps: about an epoch's examples
     bar = tqdm(total=total * cfg.global_batch, initial=run.start * cfg.global_batch, unit="img", unit_scale=True,
                disable=not acc.is_local_main_process, mininterval=2, dynamic_ncols=True)
-    last_eval, batches, step, saved = {}, None, run.start, run.start
+    last_eval, step, saved = {}, run.start, run.start
+    batches = _stream_batches(run, run.start, total - run.start)  # steps <= total: AdaScale's gain is >= 1
     try:
         with StopSignals() as stop:
             while run.tau < total:
-                if batches is None or step % block == 0:
-                    batches = _stream_batches(run, step, block - step % block)
                 gain = adascale_gain(*run.noise.estimates(), cfg.base_batch, sched.scale) if sched.adascale else 1.0
                 lr = lr_at(run.tau, sched, gain)
                 run.stepper.set_lr(lr)
@@ -163,6 +161,7 @@ def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator
     check_deepspeed_engaged(model)
     model.train()
     run.stepper = Stepper(accelerator, model, optimizer, A, measure_noise)
+    run.evaluate = Evaluator(cfg, accelerator, data, micro)
     run.log = MetricsLog(run.run_dir / "metrics.jsonl", accelerator)
     _restore(run, resume_from, progress)
     return run
@@ -255,17 +254,15 @@ def _restore(run: Run, resume_from: Path | None, progress: dict) -> None:
 def _stream_batches(run: Run, first_step: int, steps: int):
     """This rank's micro-batches (images, labels) for optimizer steps first_step ... first_step + steps - 1."""
     cfg, acc = run.cfg, run.accelerator
-    indices, epochs = stream_steps(run.data_id["num_train"], cfg.global_batch, cfg.seed, first_step, steps)
-    W, rank, A = acc.num_processes, acc.process_index, run.accumulation
-    items = [pair for i, e in zip(indices, epochs)
-             for pair in zip(micro_batches(i, rank, W, A), micro_batches(e, rank, W, A))]
-    return iter(batch_loader(functools.partial(_train_batch, run.data, cfg.seed), items, cfg.workers))
+    return iter(stream_loader(functools.partial(_train_batch, run.data, cfg.seed), run.data_id["num_train"],
+                              cfg.global_batch, cfg.seed, acc.process_index, acc.num_processes, run.accumulation,
+                              first_step, steps, cfg.workers))
 
 
-def _train_batch(data, seed: int, item: tuple[torch.Tensor, torch.Tensor]):
-    """A micro-batch's (images, labels) from its (indices, epochs); a module-level function, so a
+def _train_batch(data, seed: int, indices: torch.Tensor, epochs: torch.Tensor):
+    """A micro-batch's (images, labels) from its indices and their epochs; a module-level function, so a
     DataLoader's worker processes can receive it."""
-    return data.train_batch(item[0], seed=seed, epoch=item[1])
+    return data.train_batch(indices, seed=seed, epoch=epochs)
 
 
 def _log_step(run: Run, step: int, lr: float, gain: float, stats: StepStats, bar) -> None:
@@ -289,7 +286,7 @@ def _log_step(run: Run, step: int, lr: float, gain: float, stats: StepStats, bar
 
 def _evaluate(run: Run, step: int, bar) -> dict:
     """Test error and loss, and the training error since the last evaluation; logged and printed."""
-    test_error, test_loss = evaluate(run.cfg, run.accelerator, run.stepper.model, run.data, run.micro)
+    test_error, test_loss = run.evaluate(run.stepper.model)
     row = dict(epoch=(step + 1) / run.sched.steps_per_epoch, train_error=(run.seen[1] / run.seen[2]).item(),
                test_error=test_error, test_loss=test_loss)
     run.seen.zero_()

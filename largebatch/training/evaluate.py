@@ -8,6 +8,8 @@ evaluates with rank 0's running averages, broadcast first, in every mode.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -18,35 +20,49 @@ from .config import Config
 from .sharding import batch_loader
 
 
-@torch.no_grad()
-def evaluate(cfg: Config, accelerator: Accelerator, model: torch.nn.Module, data,
-             micro: int) -> tuple[float, float]:
-    """(test error, test loss) over the whole test set, each process taking every W-th example."""
-    module = accelerator.unwrap_model(model)
-    if cfg.precise_bn:
-        recompute_statistics(module, precise_bn_batches(cfg, data, micro, accelerator.device))
-    elif accelerator.num_processes > 1:
-        for buffer in module.buffers():
-            dist.broadcast(buffer, src=0)
-    model.eval()
-    mine = torch.arange(accelerator.process_index, data.num_test, accelerator.num_processes)
-    totals = torch.zeros(3, device=accelerator.device)  # wrong, loss sum, count
-    for x, y in batch_loader(data.test_batch, mine.split(4 * cfg.micro_batch), cfg.workers):
-        x, y = x.to(accelerator.device), y.to(accelerator.device)
-        out = model(x).float()
-        totals += torch.stack([(out.argmax(1) != y).sum().float(), F.cross_entropy(out, y, reduction="sum"),
-                               torch.tensor(float(len(y)), device=out.device)])
-    model.train()
-    wrong, loss, count = accelerator.reduce(totals, "sum").tolist()
-    return wrong / count, loss / count
+class Evaluator:
+    """Test error and loss over the whole test set, each process taking every W-th example. Its loaders are
+    built once: with --workers their processes stay up from one evaluation to the next."""
+
+    def __init__(self, cfg: Config, accelerator: Accelerator, data, micro: int):
+        self.cfg, self.accelerator = cfg, accelerator
+        mine = torch.arange(accelerator.process_index, data.num_test, accelerator.num_processes)
+        self.test = batch_loader(data.test_batch, mine.split(4 * cfg.micro_batch), cfg.workers)
+        self.precise = batch_loader(functools.partial(_images, data.train_batch, cfg.seed),
+                                    precise_bn_indices(cfg, data, micro), cfg.workers) if cfg.precise_bn else None
+
+    @torch.no_grad()
+    def __call__(self, model: torch.nn.Module) -> tuple[float, float]:
+        """(test error, test loss) of `model`."""
+        acc, device = self.accelerator, self.accelerator.device
+        module = acc.unwrap_model(model)
+        if self.precise is not None:
+            recompute_statistics(module, (x.to(device) for x in self.precise))
+        elif acc.num_processes > 1:
+            for buffer in module.buffers():
+                dist.broadcast(buffer, src=0)
+        model.eval()
+        totals = torch.zeros(3, device=device)  # wrong, loss sum, count
+        for x, y in self.test:
+            x, y = x.to(device), y.to(device)
+            out = model(x).float()
+            totals += torch.stack([(out.argmax(1) != y).sum().float(), F.cross_entropy(out, y, reduction="sum"),
+                                   torch.tensor(float(len(y)), device=out.device)])
+        model.train()
+        wrong, loss, count = acc.reduce(totals, "sum").tolist()
+        return wrong / count, loss / count
 
 
-def precise_bn_batches(cfg: Config, data, micro: int, device: torch.device):
-    """The first --precise-bn examples of a permutation fixed by the seed (a whole number of BN groups), with
-    epoch 0's augmentation, in passes of the micro-batch; the same on every rank, whatever the split."""
+def precise_bn_indices(cfg: Config, data, micro: int) -> list[torch.Tensor]:
+    """The first --precise-bn examples of a permutation fixed by the seed (a whole number of BN groups), in
+    passes of the micro-batch: the same on every rank, whatever the split."""
     group = cfg.bn_batch if cfg.bn == "ghost" else micro  # micro-batch BN's function is the micro-batch's
     num_train = cfg.subset or data.num_train
     count = min(cfg.precise_bn, num_train) // group * group
     order = torch.randperm(num_train, generator=torch.Generator().manual_seed(cfg.seed))[:count]
-    for indices in order.split(micro):
-        yield data.train_batch(indices, seed=cfg.seed, epoch=0)[0].to(device)
+    return list(order.split(micro))
+
+
+def _images(train_batch, seed: int, indices: torch.Tensor):
+    """Training images with epoch 0's augmentation (a module-level function: loader workers receive it)."""
+    return train_batch(indices, seed=seed, epoch=0)[0]

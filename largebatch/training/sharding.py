@@ -11,12 +11,15 @@ number of BN groups, the groups are the same for every split.
 """
 from __future__ import annotations
 
+import functools
 import signal
 
 import torch
 
 
+@functools.lru_cache(maxsize=2)  # a loader worker asks for the same epoch's order at every micro-batch
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
+    """Epoch `epoch`'s order of the examples (shared, read-only: index it, do not write to it)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(num_examples, generator=g)
 
@@ -52,10 +55,42 @@ class _Batches(torch.utils.data.Dataset):
         return self.fetch(self.index_lists[k])
 
 
-def batch_loader(fetch, index_lists: list[torch.Tensor], workers: int) -> torch.utils.data.DataLoader:
-    """A loader yielding `fetch(indices)` for each index tensor in order, decoded in `workers` processes."""
-    return torch.utils.data.DataLoader(_Batches(fetch, index_lists), batch_size=None, num_workers=workers,
+class _RankStream(torch.utils.data.Dataset):
+    """This rank's micro-batches of optimizer steps first, first + 1, ..., in accumulation order. Item k is
+    computed from k by whichever worker fetches it, so one loader, and one set of workers, serves a run."""
+
+    def __init__(self, fetch, num_examples: int, global_batch: int, seed: int, rank: int, world_size: int,
+                 accumulation: int, first: int, steps: int):
+        self.fetch, self.stream = fetch, (num_examples, global_batch, seed)
+        self.split, self.first, self.steps = (rank, world_size, accumulation), first, steps
+
+    def __len__(self):
+        return self.steps * self.split[2]
+
+    def __getitem__(self, k):
+        step, a = divmod(k, self.split[2])
+        indices, epochs = stream_steps(*self.stream, self.first + step, 1)
+        return self.fetch(micro_batches(indices[0], *self.split)[a], micro_batches(epochs[0], *self.split)[a])
+
+
+def _loader(dataset, workers: int, persistent: bool) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
+                                       persistent_workers=persistent and workers > 0,
                                        pin_memory=torch.cuda.is_available(), worker_init_fn=_ignore_ctrl_c)
+
+
+def batch_loader(fetch, index_lists: list[torch.Tensor], workers: int) -> torch.utils.data.DataLoader:
+    """A loader yielding `fetch(indices)` for each index tensor in order, decoded in `workers` processes that
+    stay up between passes (an evaluation reads the same batches every time)."""
+    return _loader(_Batches(fetch, index_lists), workers, persistent=True)
+
+
+def stream_loader(fetch, num_examples: int, global_batch: int, seed: int, rank: int, world_size: int,
+                  accumulation: int, first: int, steps: int, workers: int) -> torch.utils.data.DataLoader:
+    """A loader yielding `fetch(indices, epochs)` for this rank's micro-batches of optimizer steps
+    first ... first + steps - 1, in order."""
+    return _loader(_RankStream(fetch, num_examples, global_batch, seed, rank, world_size, accumulation, first, steps),
+                   workers, persistent=False)
 
 
 def _ignore_ctrl_c(worker_id: int) -> None:
