@@ -26,3 +26,15 @@ def test_bench_smoke(tmp_path, fmnist_dir):
     w, net = plan.load_calibration(tmp_path / "calibration.json")
     assert w.params == 310_226 and w.forward > 0 and w.backward > 0 and net.gpus_per_server == 1
     assert "| 2 | 1 | ghost |" in (tmp_path / "tables.md").read_text()
+
+
+def test_input_pipeline_bench_smoke(tmp_path):
+    proc = subprocess.run([sys.executable, "benchmarks/input_pipeline.py", "--tiny", "--data", str(tmp_path / "jpegs")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert list(result["paths"]) == ["torchvision", "torchvision + timm's colour jitter", "largebatch, JPEG folder",
+                                     "largebatch, prepared shards"]
+    assert result["paths"]["torchvision"]["ratio"] == 1.0
+    assert all(p["images_per_s"] > 0 and p["ratio"] > 0 for p in result["paths"].values())
+    assert result["prepare_images_per_s"] > 0 and (tmp_path / "jpegs-prepared" / "largebatch-imagenet.json").is_file()

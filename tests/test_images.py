@@ -9,7 +9,7 @@ from PIL import Image
 from largebatch.errors import UserError
 from largebatch.tools.prepare import prepare_imagenet
 from largebatch.training.augment import example_hash
-from largebatch.training.images import (MANIFEST, EncodedImages, FolderSource, ShardSource, crop, eval_view,
+from largebatch.training.images import (MANIFEST, ImageBatch, FolderSource, ShardSource, crop, eval_view,
                                         load_imagenet, train_view)
 
 CLASSES = ("n01440764", "n01443537")
@@ -83,17 +83,19 @@ def test_folder_layout(imagenet):
     assert (data.num_train, data.num_test, data.num_classes) == (10, 4, 2)
     assert data.train.labels.tolist() == [0] * 5 + [1] * 5  # classes in sorted folder order
     idx = torch.tensor([0, 8, 9, 4])  # 8 is grayscale, 9 a PNG
-    x, y = data.train_batch(idx, seed=0, epoch=0)
+    batch, y = data.train_batch(idx, seed=0, epoch=0)
+    assert batch.pixels.dtype == torch.uint8 and batch.blobs is None  # decoded in the loader, still bytes-sized
+    x = batch.to("cpu")
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.tolist() == [0, 1, 1, 0]
-    assert -2.2 < x.min() and x.max() < 2.7  # normalized by the paper's mean and std
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    assert torch.allclose(x, (batch.pixels.float() / 255 - mean.view(3, 1, 1)) / std.view(3, 1, 1), atol=1e-5)
     # Split invariance: an example's crop and flip depend on (seed, epoch, index), not on its batch.
-    again, _ = data.train_batch(idx[1:3], seed=0, epoch=0)
-    assert torch.equal(x[1:3], again)
-    assert not torch.equal(x, data.train_batch(idx, seed=0, epoch=1)[0])
-    assert torch.equal(x, data.train_batch(idx, seed=0, epoch=torch.tensor([0, 0, 0, 0]))[0])
+    assert torch.equal(batch.pixels[1:3], data.train_batch(idx[1:3], seed=0, epoch=0)[0].pixels)
+    assert not torch.equal(batch.pixels, data.train_batch(idx, seed=0, epoch=1)[0].pixels)
+    assert torch.equal(batch.pixels, data.train_batch(idx, seed=0, epoch=torch.tensor([0, 0, 0, 0]))[0].pixels)
     xt, yt = data.test_batch(torch.arange(4))
-    assert xt.shape == (4, 3, 32, 32) and yt.tolist() == [0, 0, 1, 1]
-    assert torch.equal(xt[2:], data.test_batch(torch.arange(2, 4))[0])
+    assert xt.pixels.shape == (4, 3, 32, 32) and yt.tolist() == [0, 0, 1, 1]
+    assert torch.equal(xt.pixels[2:], data.test_batch(torch.arange(2, 4))[0].pixels)
 
 
 def test_gpu_decode_defers_to_the_device(imagenet, monkeypatch):
@@ -105,12 +107,13 @@ def test_gpu_decode_defers_to_the_device(imagenet, monkeypatch):
     cpu = load_imagenet(str(imagenet), img_size=32)
     idx = torch.tensor([1, 8, 9])
     batch, y = data.train_batch(idx, seed=4, epoch=2)
-    assert isinstance(batch, EncodedImages) and batch.pin_memory() is batch  # still bytes in the loader
-    expected, _ = cpu.train_batch(idx, seed=4, epoch=2)
+    assert batch.pixels is None and len(batch.blobs) == 3  # still bytes in the loader
+    expected = cpu.train_batch(idx, seed=4, epoch=2)[0].to("cpu")
     assert torch.equal(batch.to("cpu"), expected)  # the same function of the bytes, wherever it runs
     if torch.cuda.is_available() and torch.cuda.device_count():
         # nvJPEG's IDCT and upsampling differ from libjpeg-turbo's by a few levels
-        assert (batch.to("cuda").cpu() - expected).abs().mean() < 0.05
+        on_gpu = data.train_batch(idx, seed=4, epoch=2)[0].to("cuda")  # decoded by nvJPEG
+        assert (on_gpu.cpu() - expected).abs().mean() < 0.05
 
 
 def test_bad_folders_and_files_are_one_line(imagenet, tmp_path):
@@ -148,9 +151,10 @@ def test_prepared_shards(imagenet, tmp_path, monkeypatch):
     assert sizes == {(64, 85), (85, 64), (64, 200)}
     # Evaluation sees the same centre of the same scene, up to resampling (a training crop is drawn in the
     # stored image's pixels, so it is another draw of the same distribution).
-    assert (data.test_batch(torch.arange(4))[0] - folder.test_batch(torch.arange(4))[0]).abs().mean() < 0.05
+    centre, original = (d.test_batch(torch.arange(4))[0].to("cpu") for d in (data, folder))
+    assert (centre - original).abs().mean() < 0.05
     idx = torch.arange(10)
-    a = data.train_batch(idx, seed=1, epoch=0)[0]
+    a = data.train_batch(idx, seed=1, epoch=0)[0].pixels
     # A killed copy resumes: a missing shard is written again, the others are kept as they are.
     kept = shards[0].stat().st_mtime_ns
     shards[1].unlink()
@@ -159,6 +163,6 @@ def test_prepared_shards(imagenet, tmp_path, monkeypatch):
         ShardSource(out / "train", [s.name for s in shards])
     prepare_imagenet(str(imagenet), str(out), short_side=64, jobs=1)
     assert shards[1].is_file() and shards[0].stat().st_mtime_ns == kept
-    assert torch.equal(load_imagenet(str(out), img_size=32).train_batch(idx, seed=1, epoch=0)[0], a)
+    assert torch.equal(load_imagenet(str(out), img_size=32).train_batch(idx, seed=1, epoch=0)[0].pixels, a)
     with pytest.raises(UserError, match="already a prepared copy"):
         prepare_imagenet(str(out), str(tmp_path / "again"))

@@ -17,8 +17,9 @@ augment.example_hash(seed, e, i), whichever device or loader worker decodes it.
 
 Decoding is libjpeg-turbo (torchvision.io), then one antialiased bilinear resize of the crop on uint8
 (torchvision's `resized_crop`): about twice as fast here as PIL's decode, crop and resize through timm.
-With --decode gpu the loader only reads bytes, and the training device decodes them (nvJPEG through
-torchvision.io.decode_jpeg) when the engine moves the batch there (`EncodedImages.to`).
+Batches leave the loader as uint8 crops and become normalized floats on the training device
+(`ImageBatch.to`); with --decode gpu the loader only reads bytes, and the training device decodes them
+(nvJPEG through torchvision.io.decode_jpeg).
 """
 from __future__ import annotations
 
@@ -75,28 +76,41 @@ def crop(image: torch.Tensor, view, size: int) -> torch.Tensor:
     return out.flip(-1) if flip else out
 
 
-class EncodedImages:
-    """A batch still encoded, with each example's augmentation seed (None: evaluation's centre crop).
+class ImageBatch:
+    """A batch on its way to the training device: JPEG bytes with each example's augmentation seed (None:
+    evaluation's centre crop), or, once decoded, its uint8 crops.
 
-    `.to(device)` decodes and augments it there and returns the normalized float batch, so the engine's
-    `x.to(device)` is where decoding happens: in the loader worker for --decode cpu, on the GPU (nvJPEG)
-    for --decode gpu.
+    `.to(device)` finishes it there: decodes and crops what is still encoded (nvJPEG on a CUDA device),
+    then converts to float and normalizes. So the engine's `x.to(device)` is where a GPU decodes with
+    --decode gpu, and with --decode cpu only uint8 crops, a quarter of float32's bytes, cross from the
+    loader workers and over PCIe.
     """
 
     def __init__(self, blobs: list[torch.Tensor], hashes: list[int] | None, size: int, names: list[str]):
         self.blobs, self.hashes, self.size, self.names = blobs, hashes, size, names
+        self.pixels: torch.Tensor | None = None
 
-    def to(self, device, non_blocking: bool = False) -> torch.Tensor:
+    def decode(self, device="cpu") -> "ImageBatch":
+        """Decode and crop on `device`, in place; the bytes are dropped."""
         device = torch.device(device)
         images = self._decode(device)
         views = [train_view(h, im.shape[2], im.shape[1]) for h, im in zip(self.hashes, images)] if self.hashes \
             else [eval_view(im.shape[2], im.shape[1]) for im in images]
-        out = torch.stack([crop(im, v, self.size) for im, v in zip(images, views)]).float()
-        mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
-        std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
-        return (out - mean) / std
+        self.pixels = torch.stack([crop(im, v, self.size) for im, v in zip(images, views)])
+        self.blobs = None
+        return self
 
-    def pin_memory(self) -> "EncodedImages":  # the DataLoader pins what it yields; bytes need no pinning
+    def to(self, device, non_blocking: bool = False) -> torch.Tensor:
+        if self.pixels is None:
+            self.decode(device)
+        x = self.pixels.to(device, non_blocking=non_blocking).float()
+        mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1) * 255
+        std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1) * 255
+        return x.sub_(mean).div_(std)  # in place: a fresh batch-sized buffer costs as much as the arithmetic
+
+    def pin_memory(self) -> "ImageBatch":  # the DataLoader pins what it yields (bytes need no pinning)
+        if self.pixels is not None:
+            self.pixels = self.pixels.pin_memory()
         return self
 
     def _decode(self, device: torch.device) -> list[torch.Tensor]:
@@ -198,8 +212,8 @@ class JpegImages:
 
     def _images(self, source, indices: torch.Tensor, hashes):
         ids = indices.tolist()
-        batch = EncodedImages(source.read(ids), hashes, self.img_size, [source.name(i) for i in ids])
-        return batch if self.decode == "gpu" else batch.to("cpu")
+        batch = ImageBatch(source.read(ids), hashes, self.img_size, [source.name(i) for i in ids])
+        return batch if self.decode == "gpu" else batch.decode("cpu")
 
 
 def load_imagenet(data_dir: str, decode: str = "cpu", img_size: int = 224) -> JpegImages:
