@@ -121,3 +121,18 @@ def test_a_runs_error_is_the_median_of_the_last_5_of_90_epochs(last, every, medi
     epochs = [every * (i + 1) for i in range(round(last / every))]
     run = Run(None, {}, "finished", [dict(epoch=e, test_error=e) for e in epochs])
     assert run.error == median  # 90 epochs: 86..90; 12 (every quarter): 11.5, 11.75, 12; 6: the last alone
+
+
+def test_compare_says_whether_each_large_batch_matched(tmp_path, capsys):
+    # `make demo`'s last line: a run within 0.5 points of the first run's test error matched it.
+    _run(tmp_path / "b256", [0.0919], global_batch=256, accumulation_steps=1, micro_batch_used=256, warmup_steps=0)
+    _run(tmp_path / "b1024", [0.0968], global_batch=1024, accumulation_steps=4, micro_batch_used=256, warmup_steps=9)
+    _run(tmp_path / "b4096", [0.0970], global_batch=4096, accumulation_steps=16, micro_batch_used=256,
+         warmup_steps=9)
+    main(["compare", str(tmp_path / "b256"), str(tmp_path / "b1024"), str(tmp_path / "b4096"),
+          "--plot", str(tmp_path / "c.png")])
+    *_, first, second = capsys.readouterr().out.strip().splitlines()
+    assert first == ("B = 1024 (4x the baseline, 4 accumulation steps of 256): 9.68% test error against 9.19% at "
+                     "B = 256, inside the band (9.69%): the large batch matched")
+    assert second.endswith("9.70% test error against 9.19% at B = 256, outside the band (9.69%): it did NOT match")
+    assert (tmp_path / "c.png").stat().st_size > 10_000

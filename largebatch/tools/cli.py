@@ -17,9 +17,11 @@ from .report import write_report
 from .sweep import run_sweep
 
 
-def compare(run_dirs: list[str], plot: str) -> str:
-    """Table of each run's batch, rate and final errors; writes the overlaid training curves to `plot`."""
-    rows, labels = [], []
+def compare(run_dirs: list[str], plot: str, band: float = 0.5) -> str:
+    """Table of each run's batch, rate and final errors, and a verdict on each run against the first (the
+    baseline): inside the band of `band` points over its test error or not. Writes the overlaid training
+    curves to `plot`."""
+    rows, labels, finals = [], [], []
     for run in map(Path, run_dirs):
         if not (run / "metrics.jsonl").is_file() or not (run / "config.json").is_file():
             raise UserError(f"{run} is not a finished run folder (needs config.json and metrics.jsonl)")
@@ -29,12 +31,26 @@ def compare(run_dirs: list[str], plot: str) -> str:
             raise UserError(f"{run} has no evaluation yet")
         last = evals[-1]
         labels.append(f"B={cfg['global_batch']}")
+        finals.append((cfg, 100 * last["test_error"]))
         rows.append(f"{run.name:<28} {cfg['global_batch']:>6} {cfg['accumulation_steps']:>5} {cfg['peak_lr']:>7.3g} "
                     f"{cfg['warmup'] if cfg['warmup_steps'] else 'none':>8} {last['epoch']:>6.1f} "
                     f"{100 * last['train_error']:>8.2f} {100 * last['test_error']:>8.2f}")
     figures.training_curves(list(map(Path, run_dirs)), labels, Path(plot))
     header = f"{'run':<28} {'B':>6} {'accum':>5} {'lr':>7} {'warmup':>8} {'epoch':>6} {'train %':>8} {'test %':>8}"
-    return "\n".join([header, *rows, f"training curves: {plot}"])
+    return "\n".join([header, *rows, f"training curves: {plot}", *_verdicts(finals, band)])
+
+
+def _verdicts(finals: list[tuple[dict, float]], band: float) -> list[str]:
+    """One line per run after the first: did it land within `band` points of the first run's test error?"""
+    (base, base_error), lines = finals[0], []
+    for cfg, error in finals[1:]:
+        k, inside = cfg["global_batch"] / base["global_batch"], error <= base_error + band
+        lines.append(f"B = {cfg['global_batch']} ({k:g}x the baseline, {cfg['accumulation_steps']} accumulation "
+                     f"steps of {cfg['micro_batch_used']}): {error:.2f}% test error against {base_error:.2f}% at "
+                     f"B = {base['global_batch']}, " + (f"inside the band ({base_error + band:.2f}%): the large batch "
+                                                        f"matched" if inside else f"outside the band "
+                                                        f"({base_error + band:.2f}%): it did NOT match"))
+    return lines
 
 
 def noise_run(args) -> str:
@@ -97,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="final errors of runs side by side, and their training curves in one plot")
     p.add_argument("runs", nargs="+", help="run folders (runs/<name>)")
     p.add_argument("--plot", default="runs/compare.png", help="where to write the figure")
-    p.set_defaults(func=lambda a: compare(a.runs, a.plot))
+    p.add_argument("--band", type=float, default=0.5,
+                   help="points of test error over the first run's within which a later run matches it")
+    p.set_defaults(func=lambda a: compare(a.runs, a.plot, a.band))
     p = sub.add_parser("sweep", help="run a W&B grid sweep file here, one run after another (or one per GPU)")
     p.add_argument("file", help="sweep YAML, e.g. recipes/sweeps/batch_size.yaml")
     p.add_argument("--out", default="runs/sweeps", help="runs go to OUT/<sweep name>/<parameters>")
