@@ -163,7 +163,7 @@ def test_every_key_the_dashboard_reads_is_logged_by_a_sweep_run(tmp_path, small_
                            "--report-to", "wandb"], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env=dict(env, HOME=str(tmp_path / "home"), TQDM_DISABLE="1", OMP_NUM_THREADS="2"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    [log] = (tmp_path / "out/tiny/global-batch=128,seed=0/wandb").glob("offline-run-*/run-*.wandb")
+    [log] = (tmp_path / "out/tiny").glob("run/wandb/offline-run-*/run-*.wandb")  # nothing varies: folder run
     logged = read_wandb_log(log)
     # What groups the run: the sweep's name, and every option by its config name.
     config = logged["config"]
