@@ -70,5 +70,5 @@ def test_every_recipe_script_is_a_registered_recipe():
 def test_python_m_largebatch_is_the_command():
     out = subprocess.run([sys.executable, "-m", "largebatch", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    for command in ("compare", "sweep", "report", "plan", "noise"):
+    for command in ("compare", "sweep", "report", "dashboard", "plan", "noise"):
         assert command in out.stdout

@@ -11,6 +11,7 @@ from ..training import noise
 from ..training.metrics import read_metrics
 from ..training.recipes import RECIPES, run_recipe
 from . import figures, plan
+from .dashboard import SWEEP_FILES, dashboard
 from .export import export
 from .prepare import prepare_imagenet
 from .report import write_report
@@ -131,6 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="percentage points a batch size may exceed the baseline's mean error by and still hold "
                         "(the band is the larger of this and 2 std of the baseline)")
     p.set_defaults(func=report_run)
+    p = sub.add_parser("dashboard", help="the report's figures as W&B workspace views (and a W&B report), saved "
+                                         "with your W&B key")
+    p.add_argument("--entity", required=True, help="W&B entity (user or team) that owns the project")
+    p.add_argument("--project", required=True, help="W&B project the runs log to (the recipes' default: largebatch)")
+    p.add_argument("--sweep", nargs="+", default=[], metavar="ID",
+                   help="only the runs of these W&B sweeps (the ids `wandb sweep` prints); default: every run "
+                        "whose options match a sweep file, however it was launched")
+    p.add_argument("--files", nargs="+", default=SWEEP_FILES, metavar="YAML",
+                   help="sweep files to show, one view each (default: the Fashion-MNIST sweeps of make results)")
+    p.add_argument("--report", action="store_true", help="also save one W&B report with every sweep's section")
+    p.add_argument("--dry-run", action="store_true", help="print the views (and report) as JSON; nothing saved")
+    p.set_defaults(func=lambda a: dashboard(a.entity, a.project, a.sweep, a.files, a.report, a.dry_run))
     p = sub.add_parser("plan", help="time per iteration, epoch and training run on W workers, from a network model")
     p.add_argument("--calibration", help="JSON from benchmarks/allreduce.py: this machine's measured costs "
                                          "(default: the paper's P100 servers and 50 Gbit/s Ethernet)")

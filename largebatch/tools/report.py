@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 
 from ..errors import UserError
-from ..training.metrics import read_metrics
+from ..training.metrics import final_error, read_metrics
 from ..training.noise import critical_batch
 from . import figures
 from .sweep import load_sweep
@@ -36,12 +36,8 @@ class Run:
 
     @property
     def error(self) -> float:
-        """Median test error of the evaluations in the last 1/18 of training, the paper's last 5 of 90 epochs:
-        those after epoch last - last/18 (86 ... 90 of 90; at least the last one)."""
-        last = self.evals[-1]["epoch"]
-        start = last - last / 18
-        tail = [e["test_error"] for e in self.evals if e["epoch"] > start + 1e-9 * last]
-        return statistics.median(tail)
+        """Median test error of the evaluations in the last 1/18 of training (metrics.final_error)."""
+        return final_error(self.evals)
 
 
 @dataclasses.dataclass
@@ -120,8 +116,7 @@ def load_sweeps(runs_dir: Path) -> list[SweepResult]:
     results = []
     for folder in folders:
         sweep = load_sweep(folder / "sweep.yaml")
-        varying = [k.replace("-", "_") for k in sorted(sweep.parameters)
-                   if len(sweep.parameters[k]) > 1 and k != "seed"]
+        varying = sweep.compared
         groups: dict[tuple, Group] = {}
         for params in sweep.runs:
             run = load_run(folder / sweep.run_name(params))
@@ -241,12 +236,15 @@ def _verdict(base: Group, holds: Group | None, breaks: Group | None, band: float
                    f"(+{100 * (breaks.mean - base.mean):.2f} points).")
 
 
+def section_title(name: str, varying: list[str], batch: int | None) -> str:
+    """A sweep's heading from the options it varies (seed excluded) and its global batch when that is fixed."""
+    title = ("Error against minibatch size" if varying == ["global_batch"] else
+             " / ".join(TITLES.get(k, k.replace("_", "-")) for k in varying) or name)
+    return title + (f" at B = {_batch(batch)}" if batch is not None else "")
+
+
 def _sweep_section(sweep: SweepResult, base: Group | None, is_batch: bool, out: Path) -> list[tuple]:
-    title = ("Error against minibatch size" if is_batch else
-             " / ".join(TITLES.get(k, k.replace("_", "-")) for k in sweep.varying) or sweep.name)
-    batch = sweep.constant("global_batch")
-    if batch is not None:
-        title += f" at B = {_batch(batch)}"
+    title = section_title(sweep.name, sweep.varying, sweep.constant("global_batch"))
     noise = any(math.isfinite(g.b_simple) for g in sweep.groups)
     header = ["", "kn", "η", *[k.replace("_", "-") for k in sweep.varying if k != "global_batch"],
               "test error %", "Δ vs baseline", "train error %", "seeds"] + (["B_simple"] if noise else [])

@@ -26,6 +26,7 @@ import yaml
 
 from ..errors import EXIT_STOPPED, UserError
 from ..training.config import Config, parse_config
+from ..training.launch import SWEEP
 from ..training.preempt import LAUNCHED_BY
 from ..training.recipes import recipe_of
 
@@ -45,6 +46,11 @@ class Sweep:
         """The run's folder name: the parameters that vary in this sweep, e.g. global-batch=4096,seed=1."""
         varying = [k for k in sorted(self.parameters) if len(self.parameters[k]) > 1]
         return ",".join(f"{k}={params[k]}" for k in varying) or "run"
+
+    @property
+    def compared(self) -> list[str]:
+        """The options the sweep compares, as config keys (global_batch): those that vary, except the seed."""
+        return [k.replace("-", "_") for k in sorted(self.parameters) if len(self.parameters[k]) > 1 and k != "seed"]
 
 
 def wandb_args(params: dict) -> list[str]:
@@ -237,7 +243,7 @@ def _run_all(sweep: Sweep, todo: list[_Run], report_to: str, jobs: int, gpus: in
     while todo or running:
         while todo and free:
             run, slot = todo.pop(0), free.pop(0)
-            env = dict(os.environ, WANDB_RUN_GROUP=sweep.name, **{LAUNCHED_BY: str(os.getpid())})
+            env = dict(os.environ, WANDB_RUN_GROUP=sweep.name, **{LAUNCHED_BY: str(os.getpid()), SWEEP: sweep.name})
             if gpus:  # one run per GPU
                 env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
             elif jobs > 1:

@@ -19,11 +19,11 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ..errors import Stopped, UserError
-from . import checkpoint
+from . import checkpoint, metrics
 from .config import Config
 from .evaluate import Evaluator
-from .launch import (check_deepspeed_engaged, finish, make_accelerator, start_wandb, training_mode, uses_wandb,
-                     zero_stage)
+from .launch import (check_deepspeed_engaged, finish, log_summary, make_accelerator, start_wandb, sweep_of,
+                     training_mode, uses_wandb, zero_stage)
 from .metrics import MetricsLog, write_summary
 from .noise import NoiseScale
 from .optim import build_optimizer
@@ -114,12 +114,12 @@ def train_loop(run: Run) -> dict:
     except NonFinite as e:
         message = _divergence(run, e.what, step, lr)
         if acc.is_main_process:
-            write_summary(run.run_dir, "diverged", message=message)
+            log_summary(acc, cfg, write_summary(run.run_dir, "diverged", message=message))
         raise Diverged(message) from None
     finally:
         bar.close()  # before any error message, so that message is the last line
     if acc.is_main_process:
-        write_summary(run.run_dir, "finished")
+        log_summary(acc, cfg, write_summary(run.run_dir, "finished"))
     return last_eval
 
 
@@ -219,7 +219,7 @@ def _open_run_dir(run: Run, world_size: int) -> None:
                 in_chans=run.data.in_chans, mode=training_mode(run.accelerator), world_size=world_size,
                 micro_batch_used=run.micro, accumulation_steps=run.accumulation, peak_lr=sched.peak_lr,
                 warmup_steps=sched.warmup_steps, total_steps=sched.total_steps,
-                steps_per_epoch=sched.steps_per_epoch, segments=run.segments)
+                steps_per_epoch=sched.steps_per_epoch, segments=run.segments, sweep=sweep_of())
     if run.accelerator.is_main_process:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         (run.run_dir / "config.json").write_text(json.dumps(info, indent=2))
@@ -269,16 +269,17 @@ def _log_step(run: Run, step: int, lr: float, gain: float, stats: StepStats, bar
     """The step's row in metrics.jsonl (and W&B), the noise-scale update, and the progress bar."""
     cfg, per_epoch = run.cfg, run.sched.steps_per_epoch
     run.seen += torch.stack(stats[:3])
-    row = dict(gain=gain, tau=run.tau) if run.sched.adascale else {}
+    row = {metrics.GAIN: gain, metrics.TAU: run.tau} if run.sched.adascale else {}
     if run.noise is not None and torch.isfinite(stats.batch_grad_sq):  # not a step fp16's scaler skipped
         W = run.accelerator.num_processes
         # Mean over ranks of the local micro-batch norms; the batch norm is the same on all.
         run.noise.update(stats.micro_grad_sq.item() / W, run.micro, stats.batch_grad_sq.item() / W,
                          cfg.global_batch)
-        row.update(zip(("grad_var", "grad_sq"), run.noise.estimates()), noise_scale=run.noise.b_simple)
+        row.update(zip((metrics.GRAD_VAR, metrics.GRAD_SQ, metrics.NOISE_SCALE),
+                       (*run.noise.estimates(), run.noise.b_simple)))
     loss = stats.loss
-    run.log.log(dict(step=step, epoch=(step + 1) / per_epoch, lr=lr, loss=loss,
-                     examples=(step + 1) * cfg.global_batch, **row), step=step)
+    run.log.log({"step": step, metrics.EPOCH: (step + 1) / per_epoch, metrics.LR: lr, metrics.LOSS: loss,
+                 metrics.EXAMPLES: (step + 1) * cfg.global_batch, **row}, step=step)
     bar.update(cfg.global_batch)
     bar.set_postfix(epoch=f"{(step + 1) / per_epoch:.2f}", lr=f"{lr:.3g}", loss=f"{loss:.3f}",
                     refresh=False)  # the bar redraws every `mininterval`, not at every step
@@ -287,12 +288,13 @@ def _log_step(run: Run, step: int, lr: float, gain: float, stats: StepStats, bar
 def _evaluate(run: Run, step: int, bar) -> dict:
     """Test error and loss, and the training error since the last evaluation; logged and printed."""
     test_error, test_loss = run.evaluate(run.stepper.model)
-    row = dict(epoch=(step + 1) / run.sched.steps_per_epoch, train_error=(run.seen[1] / run.seen[2]).item(),
-               test_error=test_error, test_loss=test_loss)
+    row = {metrics.EPOCH: (step + 1) / run.sched.steps_per_epoch,
+           metrics.TRAIN_ERROR: (run.seen[1] / run.seen[2]).item(),
+           metrics.TEST_ERROR: test_error, metrics.TEST_LOSS: test_loss}
     run.seen.zero_()
     run.log.log(row, step=step)
     if run.accelerator.is_local_main_process:
-        bar.write(f"epoch {row['epoch']:.2f}: train error {row['train_error']:.4f}, "
+        bar.write(f"epoch {row[metrics.EPOCH]:.2f}: train error {row[metrics.TRAIN_ERROR]:.4f}, "
                   f"test error {test_error:.4f}, test loss {test_loss:.4f}")
     return row
 

@@ -110,6 +110,15 @@ def finish(accelerator: Accelerator, callers_group: bool) -> None:
         accelerator.end_training()
 
 
+SWEEP = "LARGEBATCH_SWEEP"  # `largebatch sweep` names its sweep to the runs it starts
+
+
+def sweep_of() -> str | None:
+    """The sweep this run belongs to, for its config: the sweep file's name under `largebatch sweep`, the W&B
+    sweep id under `wandb agent` (W&B also records it as the run's Sweep), else None."""
+    return os.environ.get(SWEEP) or os.environ.get("WANDB_SWEEP_ID") or None
+
+
 def uses_wandb(cfg: Config) -> bool:
     """--report-to wandb, or launched by `wandb agent` (it sets WANDB_SWEEP_ID): log to that sweep."""
     return cfg.report_to == "wandb" or bool(os.environ.get("WANDB_SWEEP_ID"))
@@ -122,3 +131,10 @@ def start_wandb(accelerator: Accelerator, cfg: Config, run_dir: Path, config: di
     for var, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", "wandb/cache"), ("WANDB_DATA_DIR", "wandb/data")):
         os.environ.setdefault(var, str((run_dir / sub).resolve()))
     accelerator.init_trackers(cfg.wandb_project, config=config, init_kwargs={"wandb": {"name": run_dir.name}})
+
+
+def log_summary(accelerator: Accelerator, cfg: Config, summary: dict) -> None:
+    """The run's summary.json (its status and final error, which `largebatch dashboard` plots) into the W&B
+    run's summary; on the main process, where the tracker lives."""
+    if uses_wandb(cfg):
+        accelerator.get_tracker("wandb", unwrap=True).summary.update(summary)

@@ -3,12 +3,22 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 from pathlib import Path
 
 from accelerate import Accelerator
 
 from ..errors import UserError
+
+# The names a run logs, to metrics.jsonl and W&B. The engine writes them and `largebatch report` and
+# `largebatch dashboard` read them, so a rename here is a rename everywhere.
+EPOCH, LR, LOSS, EXAMPLES = "epoch", "lr", "loss", "examples"  # every step
+GRAD_VAR, GRAD_SQ, NOISE_SCALE = "grad_var", "grad_sq", "noise_scale"  # steps with accumulation (noise.py)
+GAIN, TAU = "gain", "tau"  # AdaScale's steps
+TRAIN_ERROR, TEST_ERROR, TEST_LOSS = "train_error", "test_error", "test_loss"  # every evaluation
+# summary.json (and the W&B run summary): the outcome, and the paper's statistic of a run's test error.
+STATUS, FINAL_TEST_ERROR = "status", "final_test_error"
 
 
 class MetricsLog:
@@ -42,13 +52,25 @@ class MetricsLog:
         self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
 
 
-def write_summary(run_dir: Path, status: str, **extra) -> None:
-    """`summary.json`: the run's outcome ("finished" or "diverged") and its last evaluation; written
-    atomically, last, so its presence means the run is over (`largebatch sweep` skips such runs)."""
+def final_error(evals: list[dict]) -> float:
+    """A run's test error as the paper reports it: the median of the evaluations in the last 1/18 of training
+    (its last 5 of 90 epochs), those after epoch last - last/18 (at least the last one)."""
+    last = evals[-1][EPOCH]
+    start = last - last / 18
+    return statistics.median(e[TEST_ERROR] for e in evals if e[EPOCH] > start + 1e-9 * last)
+
+
+def write_summary(run_dir: Path, status: str, **extra) -> dict:
+    """`summary.json`: the run's outcome ("finished" or "diverged"), its last evaluation and its final error;
+    written atomically, last, so its presence means the run is over (`largebatch sweep` skips such runs).
+    Returns what it wrote."""
     _, evals = read_metrics(run_dir / "metrics.jsonl")
+    summary = {STATUS: status, **(evals[-1] if evals else {}),
+               **({FINAL_TEST_ERROR: final_error(evals)} if evals else {}), **extra}
     tmp = run_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(dict(status=status, **(evals[-1] if evals else {}), **extra), indent=2))
+    tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, run_dir / "summary.json")
+    return summary
 
 
 def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
@@ -60,5 +82,5 @@ def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
         except ValueError:
             raise UserError(f"{path} line {number} is not a JSON row ({line[:40]!r}); resume the run with --resume "
                             f"to rebuild the log from its newest checkpoint") from None
-        (evals if "test_error" in row else steps).append(row)
+        (evals if TEST_ERROR in row else steps).append(row)
     return steps, evals
