@@ -111,6 +111,13 @@ def report_run(args) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="largebatch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_result_commands(sub)
+    _add_other_commands(sub)
+    return parser
+
+
+def _add_result_commands(sub) -> None:
+    """The commands that run sweeps and read what runs wrote."""
     p = sub.add_parser("compare", help="final errors of runs side by side, and their training curves in one plot")
     p.add_argument("runs", nargs="+", help="run folders (runs/<name>)")
     p.add_argument("--plot", default="runs/compare.png", help="where to write the figure")
@@ -144,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true", help="also save one W&B report with every sweep's section")
     p.add_argument("--dry-run", action="store_true", help="print the views (and report) as JSON; nothing saved")
     p.set_defaults(func=lambda a: dashboard(a.entity, a.project, a.sweep, a.files, a.report, a.dry_run))
+
+
+def _add_other_commands(sub) -> None:
+    """The planner, export, the noise-scale run and the ImageNet copy."""
     p = sub.add_parser("plan", help="time per iteration, epoch and training run on W workers, from a network model")
     p.add_argument("--calibration", help="JSON from benchmarks/allreduce.py: this machine's measured costs "
                                          "(default: the paper's P100 servers and 50 Gbit/s Ethernet)")
@@ -174,7 +185,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of the stored images")
     p.add_argument("--jobs", type=int, default=0, help="processes (default: one per CPU core)")
     p.set_defaults(func=lambda a: prepare_imagenet(a.src, a.dst, a.short_side, a.quality, a.jobs))
-    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
