@@ -136,3 +136,15 @@ def test_compare_says_whether_each_large_batch_matched(tmp_path, capsys):
                      "B = 256, inside the band (9.69%): the large batch matched")
     assert second.endswith("9.70% test error against 9.19% at B = 256, outside the band (9.69%): it did NOT match")
     assert (tmp_path / "c.png").stat().st_size > 10_000
+
+
+def test_report_of_chosen_sweeps(runs, tmp_path, capsys):
+    # Sweeps at another budget share the folder: --sweeps keeps a report to those named.
+    out = tmp_path / "only"
+    main(["report", str(runs), "--out", str(out), "--sweeps", "warmup"])
+    md = (out / "report.md").read_text()
+    assert "## Warmup at B = 1k" in md and "How far can I scale?" not in md and "curves_batch_size" not in md
+    with pytest.raises(SystemExit) as exit:
+        main(["report", str(runs), "--sweeps", "warmup", "figure9"])
+    assert exit.value.code == 2
+    assert "--sweeps figure9: no such sweep in" in capsys.readouterr().err

@@ -105,7 +105,7 @@ def sweep_run(args) -> str:
 
 
 def report_run(args) -> str:
-    return f"wrote {write_report(args.runs_dir, args.out, args.tolerance / 100)} (and report.html)"
+    return f"wrote {write_report(args.runs_dir, args.out, args.tolerance / 100, args.sweeps)} (and report.html)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,6 +138,7 @@ def _add_result_commands(sub) -> None:
     p.add_argument("--tolerance", type=float, default=0.5,
                    help="percentage points a batch size may exceed the baseline's mean error by and still hold "
                         "(the band is the larger of this and 2 std of the baseline)")
+    p.add_argument("--sweeps", nargs="+", metavar="NAME", help="only these sweeps of RUNS_DIR (default: all)")
     p.set_defaults(func=report_run)
     p = sub.add_parser("dashboard", help="the report's figures as W&B workspace views (and a W&B report), saved "
                                          "with your W&B key")

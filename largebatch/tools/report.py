@@ -106,13 +106,20 @@ def load_run(folder: Path) -> Run | None:
     return Run(folder, json.loads((folder / "config.json").read_text()), status, evals, critical_batch(steps)[0])
 
 
-def load_sweeps(runs_dir: Path) -> list[SweepResult]:
-    """Every sweep folder in `runs_dir` (or `runs_dir` itself), its runs grouped by the options that vary."""
+def load_sweeps(runs_dir: Path, names: list[str] | None = None) -> list[SweepResult]:
+    """Every sweep folder in `runs_dir` (or `runs_dir` itself), or those named, its runs grouped by the options
+    that vary."""
     folders = sorted(p.parent for p in runs_dir.glob("*/sweep.yaml")) or (
         [runs_dir] if (runs_dir / "sweep.yaml").is_file() else [])
     if not folders:
         raise UserError(f"{runs_dir} holds no sweep folders (<sweep>/sweep.yaml, as `largebatch sweep` writes "
                         f"them); run e.g. largebatch sweep recipes/sweeps/batch_size.yaml --out {runs_dir}")
+    if names:
+        missing = sorted(set(names) - {f.name for f in folders})
+        if missing:
+            raise UserError(f"--sweeps {' '.join(missing)}: no such sweep in {runs_dir} (it has "
+                            f"{', '.join(f.name for f in folders)})")
+        folders = [f for f in folders if f.name in names]
     results = []
     for folder in folders:
         sweep = load_sweep(folder / "sweep.yaml")
@@ -186,9 +193,9 @@ def _label(label: dict) -> str:
 
 # ---- the document --------------------------------------------------------------------------------
 
-def build(runs_dir: Path, out: Path, tolerance: float = 0.005) -> list[tuple]:
+def build(runs_dir: Path, out: Path, tolerance: float = 0.005, names: list[str] | None = None) -> list[tuple]:
     """The report as blocks: ("h1"|"h2"|"p", text), ("table", header, rows), ("img", file, alt)."""
-    sweeps = load_sweeps(runs_dir)
+    sweeps = load_sweeps(runs_dir, names)
     base = baseline_of(sweeps)
     c = (base or sweeps[0].groups[0]).runs[0].config
     bn = f"ghost n = {c['bn_batch']}" if c["bn"] == "ghost" else c["bn"]
@@ -300,13 +307,15 @@ def to_html(blocks: list[tuple]) -> str:
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def write_report(runs_dir: str | Path, out: str | Path | None = None, tolerance: float = 0.005) -> Path:
-    """report.md, report.html and their PNG figures in `out` (default: `runs_dir`); returns report.md."""
+def write_report(runs_dir: str | Path, out: str | Path | None = None, tolerance: float = 0.005,
+                 names: list[str] | None = None) -> Path:
+    """report.md, report.html and their PNG figures in `out` (default: `runs_dir`), from the sweeps `names`
+    (default: all in `runs_dir`); returns report.md."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise UserError(f"{runs_dir} is not a folder of sweeps")
     out = Path(out or runs_dir)
-    blocks = build(runs_dir, out, tolerance)
+    blocks = build(runs_dir, out, tolerance, names)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.html").write_text(to_html(blocks))
     (out / "report.md").write_text(to_markdown(blocks))
