@@ -148,3 +148,30 @@ def test_report_of_chosen_sweeps(runs, tmp_path, capsys):
         main(["report", str(runs), "--sweeps", "warmup", "figure9"])
     assert exit.value.code == 2
     assert "--sweeps figure9: no such sweep in" in capsys.readouterr().err
+
+
+BUDGET = """name: budget
+program: recipes/fashion_mnist.py
+method: grid
+parameters:
+  epochs: {values: [6, 10]}
+  global-batch: {values: [256, 128]}
+  seed: {values: [0, 1]}
+"""
+
+
+def test_the_budget_table_finds_the_shortest_budget_where_small_batches_agree(tmp_path):
+    root = tmp_path / "sweeps"
+    (root / "budget").mkdir(parents=True)
+    (root / "budget/sweep.yaml").write_text(BUDGET)
+    errors = {(6, 256): (0.108, 0.110), (6, 128): (0.101, 0.103), (10, 256): (0.092, 0.094), (10, 128): (0.093, 0.091)}
+    for (epochs, b), per_seed in errors.items():
+        for seed, err in enumerate(per_seed):
+            _run(root / f"budget/epochs={epochs},global-batch={b},seed={seed}", [err], global_batch=b, seed=seed,
+                 epochs=epochs)
+    main(["report", str(root), "--out", str(tmp_path / "out")])
+    md = (tmp_path / "out/report.md").read_text()
+    assert "| epochs | B = 128 | B = 256 | spread of the means (points) | agree with B = 256? |" in md
+    assert "| 6 | 10.20 ± 0.14 | 10.90 ± 0.14 | 0.70 | no (band 0.50) |" in md  # 128 is 0.7 points better
+    assert "| 10 | 9.20 ± 0.14 | 9.30 ± 0.14 | 0.10 | yes (band 0.50) |" in md
+    assert "The shortest budget here at which the small batches agree: **10 epochs**" in md

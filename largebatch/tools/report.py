@@ -217,7 +217,8 @@ def build(runs_dir: Path, out: Path, tolerance: float = 0.005, names: list[str] 
         img = plot_error_vs_batch(bsweep, base, band, out / "error_vs_batch.png")
         blocks.append(("img", img.name, "test error against global minibatch size"))
     for sweep in sweeps:
-        blocks += _sweep_section(sweep, base, sweep is bsweep, out)
+        blocks += (_budget_section(sweep, tolerance) if sweep.varying == ["epochs", "global_batch"]
+                   else _sweep_section(sweep, base, sweep is bsweep, out))
     blocks.append(("p", f"Each run's error is the median of its test-set evaluations in the last 1/18 of "
                         f"training (the paper's last 5 of 90 epochs); ± is the standard deviation over seeds. "
                         f"A batch size holds when its mean is at most the baseline's mean plus max(2 std, "
@@ -266,6 +267,36 @@ def _sweep_section(sweep: SweepResult, base: Group | None, is_batch: bool, out: 
     img = plot_curves(sweep, base, out / f"curves_{sweep.name}.png")
     return [("h2", title), ("table", header, rows),
             ("img", img.name, f"training error over epochs, {sweep.name}, against the baseline")]
+
+
+def _budget_section(sweep: SweepResult, tolerance: float) -> list[tuple]:
+    """Choosing the epoch budget: each small batch's test error at each budget, and whether they agree, i.e.
+    every batch's mean lies within the band of that budget's base-batch runs (max(2 std, tolerance))."""
+    cell = {(g.label["epochs"], g.label["global_batch"]): g for g in sweep.groups}
+    budgets, batches = sorted({e for e, _ in cell}), sorted({b for _, b in cell})
+    base_batch = sweep.groups[0].runs[0].config["base_batch"]
+    rows, agreeing = [], []
+    for epochs in budgets:
+        groups, ref = [cell.get((epochs, b)) for b in batches], cell.get((epochs, base_batch))
+        verdict, spread = "runs missing", ""
+        if ref is not None and all(g is not None and g.ok and len(g.ok) == len(g.runs) for g in groups):
+            band = max(2 * ref.std if len(ref.ok) > 1 else 0.0, tolerance)
+            means = [g.mean for g in groups]
+            spread = f"{100 * (max(means) - min(means)):.2f}"
+            verdict = "yes" if all(abs(m - ref.mean) <= band for m in means) else "no"
+            verdict += f" (band {100 * band:.2f})"
+            agreeing += [epochs] if verdict.startswith("yes") else []
+        rows.append([f"{epochs:g}", *[g.cell() if g is not None else "" for g in groups], spread, verdict])
+    header = ["epochs", *[f"B = {_batch(b)}" for b in batches], "spread of the means (points)",
+              f"agree with B = {base_batch}?"]
+    verdict = (f"The shortest budget here at which the small batches agree: **{agreeing[0]:g} epochs**; the batch-size "
+               f"sweep runs at it." if agreeing else "At no budget here do the small batches agree yet.")
+    return [("h2", "The epoch budget"),
+            ("p", "Below a converged budget every larger batch loses updates it still needed, so a 'break' would "
+                  "measure under-training. Test error % (mean ± std over seeds) of the small batches at each "
+                  "budget; they agree when each mean is within max(2 std, "
+                  f"{100 * tolerance:g} points) of the B = {base_batch} runs' mean."),
+            ("table", header, rows), ("p", verdict)]
 
 
 def to_markdown(blocks: list[tuple]) -> str:
