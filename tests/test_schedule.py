@@ -20,6 +20,18 @@ def test_linear_scaling_rule():
     assert sched(B=1024).peak_lr == pytest.approx(0.4, abs=1e-12)
 
 
+def test_sqrt_and_no_scaling_are_table_2as_ablations():
+    # At 8k (k = 32): the paper's sqrt(32) x 0.1 = 0.566 and 0.1, warmed up to from 0.1 like the linear rule.
+    from dataclasses import replace
+    root, flat = replace(sched(), lr_scaling="sqrt"), replace(sched(), lr_scaling="none")
+    assert root.peak_lr == pytest.approx(0.1 * math.sqrt(32), abs=1e-12) and flat.peak_lr == pytest.approx(0.1)
+    assert lr_at(0, root) == pytest.approx(0.1) and lr_at(50, root) == pytest.approx(0.1 * math.sqrt(32))
+    assert lr_at(25, flat) == pytest.approx(0.1) and lr_at(300, flat) == pytest.approx(0.01)
+    assert schedule_of(Config(global_batch=1024, lr_scaling="sqrt"), 10).peak_lr == pytest.approx(0.2)
+    with pytest.raises(UserError, match="--lr-scaling sqrt does not apply to --optimizer adascale"):
+        Config(lr_scaling="sqrt", optimizer="adascale").validate()
+
+
 def test_gradual_warmup_is_per_step_from_base_lr():
     s = sched()
     assert s.warmup_steps == 50

@@ -45,6 +45,9 @@ class Config:
     # The paper's recipe.
     base_lr: float = _trajectory(0.1, "learning rate at --base-batch; scaled linearly to the global batch")
     base_batch: int = _trajectory(256, "batch size that --base-lr belongs to")
+    lr_scaling: str = _trajectory("linear", "how the rate grows with the batch: linear (the paper's rule, eta x "
+                                  "kn/256); sqrt (eta x sqrt(kn/256)) and none (eta) are Table 2a's ablations",
+                                  ["linear", "sqrt", "none"])
     warmup: str = _trajectory("gradual", "warmup kind (paper: gradual)", ["gradual", "constant", "none"])
     warmup_epochs: float = _trajectory(5, "warmup length in epochs (of N examples), rounded to optimizer steps")
     schedule: str = _trajectory("step", "decay after warmup: step (/10 at 1/3, 2/3, 8/9) or cosine",
@@ -122,6 +125,9 @@ class Config:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise UserError(f"--{_flag(f.name)} {getattr(self, f.name)!r} is not one of {', '.join(choices)}")
+        if self.optimizer == "adascale" and self.lr_scaling != "linear":
+            raise UserError(f"--lr-scaling {self.lr_scaling} does not apply to --optimizer adascale, whose measured "
+                            f"gain sets the rate; use it with sgd or lars")
         if self.optimizer == "lars" and self.momentum_form == "paper":
             raise UserError("--momentum-form paper applies to --optimizer sgd; LARS has its own update")
         if self.optimizer == "lars" and self.weight_decay == 0:

@@ -176,7 +176,9 @@ def run_header(cfg: Config, world_size: int, micro: int, accumulation: int, sche
                 f"{sched.total_steps} steps, read at tau += r: {sched.total_steps / sched.scale:.0f} to "
                 f"{sched.total_steps} steps, {cfg.schedule} decay")
     else:
-        rate = (f"lr {cfg.base_lr:g} x {cfg.global_batch}/{cfg.base_batch} = {sched.peak_lr:g} | warmup "
+        k = {"linear": f"{cfg.global_batch}/{cfg.base_batch}", "sqrt": f"sqrt({cfg.global_batch}/{cfg.base_batch})",
+             "none": "1 (no scaling)"}[cfg.lr_scaling]
+        rate = (f"lr {cfg.base_lr:g} x {k} = {sched.peak_lr:g} | warmup "
                 f"{cfg.warmup if sched.warmup_steps else 'none'} {sched.warmup_steps} steps | {sched.total_steps} "
                 f"steps ({sched.steps_per_epoch:.4g}/epoch), {cfg.schedule} decay")
     return (f"{batch} | {rate} | BN {cfg.bn}" + (f" n={cfg.bn_batch}" if cfg.bn == "ghost" else "")

@@ -23,6 +23,9 @@ from .config import Config
 STEP_MILESTONES = (1 / 3, 2 / 3, 8 / 9)
 
 
+SCALING_POWER = {"linear": 1.0, "sqrt": 0.5, "none": 0.0}  # peak rate = base rate x k ** power
+
+
 @dataclass(frozen=True)
 class Schedule:
     base_lr: float  # eta at base_batch (paper: 0.1 at 256)
@@ -34,6 +37,7 @@ class Schedule:
     warmup_epochs: float = 5
     decay: str = "step"  # step | cosine
     adascale: bool = False  # AdaScale over the base run's schedule instead of linear scaling and warmup
+    lr_scaling: str = "linear"  # linear (the paper's rule) | sqrt | none: Table 2a's ablations
 
     @property
     def scale(self) -> float:
@@ -42,8 +46,8 @@ class Schedule:
 
     @property
     def peak_lr(self) -> float:
-        """Linear scaling rule: eta * kn / 256."""
-        return self.base_lr * self.global_batch / self.base_batch
+        """Linear scaling rule: eta * kn / 256 (or eta * sqrt(kn / 256), or eta, for the ablations)."""
+        return self.base_lr * self.scale ** SCALING_POWER[self.lr_scaling]
 
     @property
     def gained(self) -> bool:
@@ -79,7 +83,7 @@ def schedule_of(cfg: Config, steps_per_epoch: float) -> Schedule:
     A warmup that reaches the first step decay is refused: the peak rate would never be used.
     """
     s = Schedule(cfg.base_lr, cfg.base_batch, cfg.global_batch, steps_per_epoch, cfg.epochs, cfg.warmup,
-                 cfg.warmup_epochs, cfg.schedule, adascale=cfg.optimizer == "adascale")
+                 cfg.warmup_epochs, cfg.schedule, adascale=cfg.optimizer == "adascale", lr_scaling=cfg.lr_scaling)
     if s.total_steps == 0:
         raise UserError(f"--epochs {cfg.epochs:g} of {cfg.global_batch * steps_per_epoch:.0f} examples is not one "
                         f"step of --global-batch {cfg.global_batch}; train for at least {1 / steps_per_epoch:.3g} "
