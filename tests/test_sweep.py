@@ -56,6 +56,13 @@ parameters:
     ("beyond", 3, {"optimizer": ["sgd", "lars", "adascale"]}),
     ("figure1", 16, {"global-batch": [64, 128, 256, 512, 1024, 2048, 4096, 8192], "seed": [0, 1]}),
     ("budget", 12, {"epochs": [6, 10], "global-batch": [256, 128, 64], "seed": [0, 1]}),
+    ("edge_warmup", 12, {"warmup": ["none", "constant", "gradual"], "global-batch": [512, 1024], "seed": [0, 1]}),
+    ("edge_lr", 12, {"base-lr": [0.05, 0.1, 0.2], "global-batch": [512, 1024], "seed": [0, 1]}),
+    ("edge_lr_scaling", 12, {"lr-scaling": ["linear", "sqrt", "none"], "global-batch": [512, 1024], "seed": [0, 1]}),
+    ("edge_zero_gamma", 8, {"zero-init-last": [True, False], "global-batch": [512, 1024], "seed": [0, 1]}),
+    ("edge_bn", 16, {"bn-batch": [16, 32, 64, 256], "global-batch": [512, 1024], "seed": [0, 1]}),
+    ("edge_weight_decay", 8, {"wd-scaling": ["none", "inverse"], "global-batch": [512, 1024], "seed": [0, 1]}),
+    ("edge_beyond", 12, {"optimizer": ["sgd", "lars", "adascale"], "global-batch": [1024, 2048], "seed": [0, 1]}),
     ("imagenet_batch_size", 30, {"global-batch": [256, 512, 1024, 2048, 4096, 8192], "seed": [0, 1, 2, 3, 4]}),
 ])
 def test_repository_sweeps(name, count, varying, tmp_path):
@@ -67,12 +74,25 @@ def test_repository_sweeps(name, count, varying, tmp_path):
     if name.startswith("imagenet"):
         assert {(c.model, c.epochs, c.bn, c.bn_batch, c.warmup, c.warmup_epochs) for c in configs} == {
             ("resnet50", 90, "ghost", 32, "gradual", 5)}
-    if name not in ("batch_size", "figure1", "budget") and not name.startswith("imagenet"):
+    if name.startswith("edge"):
+        # The ablations at the edge of Figure 1's flat region share its budget, so its runs are reused.
+        figure1 = load_sweep(SWEEPS / "figure1.yaml")
+        assert {c.epochs for c in configs} == {figure1.parameters["epochs"][0]}
+        assert {c.global_batch for c in configs} <= set(figure1.parameters["global-batch"])
+        assert sum(_same_as_figure1(c, figure1, tmp_path) for c in configs) >= 4
+    elif name not in ("batch_size", "figure1", "budget") and not name.startswith("imagenet"):
         # The ablations sit at one batch size the batch-size sweep also ran, so its runs are reused.
         batch = load_sweep(SWEEPS / "batch_size.yaml")
         assert len({c.global_batch for c in configs}) == 1
         assert configs[0].global_batch in batch.parameters["global-batch"]
         assert {c.epochs for c in configs} == {batch.parameters["epochs"][0]}
+
+
+def _same_as_figure1(config, figure1, tmp_path) -> bool:
+    """Whether figure1.yaml has a run of exactly this configuration (other than where it is stored)."""
+    import dataclasses
+    theirs = [dataclasses.replace(r.config, run_dir="") for r in checked_runs(figure1, tmp_path / "figure1")]
+    return dataclasses.replace(config, run_dir="") in theirs
 
 
 @pytest.mark.parametrize("text, expected", [

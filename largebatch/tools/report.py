@@ -23,7 +23,9 @@ from . import figures
 from .sweep import load_sweep
 
 TITLES = {"warmup": "Warmup", "bn": "BatchNorm statistics", "wd_scaling": "Weight decay",
-          "base_lr": "Learning-rate sensitivity", "momentum_form": "Momentum form", "optimizer": "Optimizer"}
+          "base_lr": "Learning-rate sensitivity", "momentum_form": "Momentum form", "optimizer": "Optimizer",
+          "lr_scaling": "Scaling rule", "zero_init_last": "Zero-γ init", "bn_batch": "BN group size n",
+          "global_batch": "minibatch size"}
 
 
 @dataclasses.dataclass
