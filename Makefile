@@ -31,7 +31,7 @@ $(FMNIST):
 DEMO := recipes/fashion_mnist.py --epochs 10 --micro-batch 256 --resume
 demo: setup
 	mkdir -p runs
-	@echo "B = 128 trains in the background (log: runs/demo-B128.log), B = 512 here: about 12 minutes on 2 cores."
+	@echo "B = 128 trains in the background (log: runs/demo-B128.log), B = 512 here: about 11 minutes on 2 cores."
 	OMP_NUM_THREADS=1 $(BIN)/python $(DEMO) --global-batch 128 --run-dir runs/demo-B128 > runs/demo-B128.log 2>&1 & \
 	OMP_NUM_THREADS=1 $(BIN)/python $(DEMO) --global-batch 512 --run-dir runs/demo-B512; large=$$?; \
 	wait $$! || { tail -n 3 runs/demo-B128.log; exit 1; }; exit $$large
