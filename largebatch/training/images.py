@@ -16,7 +16,8 @@ the pipeline's time here: it is left out. The crop and flip of example i in epoc
 augment.example_hash(seed, e, i), whichever device or loader worker decodes it.
 
 Decoding is libjpeg-turbo (torchvision.io), then one antialiased bilinear resize of the crop on uint8
-(torchvision's `resized_crop`): about twice as fast here as PIL's decode, crop and resize through timm.
+(torchvision's `resized_crop`): 1.8x the images/s per core of PIL's decode, crop and resize through
+timm here (benchmarks/input_pipeline.py).
 Batches leave the loader as uint8 crops and become normalized floats on the training device
 (`ImageBatch.to`); with --decode gpu the loader only reads bytes, and the training device decodes them
 (nvJPEG through torchvision.io.decode_jpeg).
