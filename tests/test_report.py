@@ -174,7 +174,16 @@ def test_the_budget_table_finds_the_shortest_budget_where_small_batches_agree(tm
     assert "| epochs | B = 128 | B = 256 | spread of the means (points) | agree with B = 256? |" in md
     assert "| 6 | 10.20 ± 0.14 | 10.90 ± 0.14 | 0.70 | no (band 0.50) |" in md  # 128 is 0.7 points better
     assert "| 10 | 9.20 ± 0.14 | 9.30 ± 0.14 | 0.10 | yes (band 0.50) |" in md
-    assert "The shortest budget here at which the small batches agree: **10 epochs**" in md
+    assert "The shortest budget here at which the small batches agree: **10 epochs**." in md
+    assert "batch-size sweep runs" not in md  # there is none here
+    (root / "batch_size").mkdir()
+    (root / "batch_size/sweep.yaml").write_text(BATCH)
+    for b in (256, 512):  # a batch-size sweep at another budget than the one chosen: the report says so
+        for seed in (0, 1):
+            _run(root / f"batch_size/global-batch={b},seed={seed}", [0.1], global_batch=b, seed=seed)
+    main(["report", str(root), "--out", str(tmp_path / "out")])
+    md = (tmp_path / "out/report.md").read_text()
+    assert "agree: **10 epochs**. The batch-size sweep runs at 6 epochs." in md
 
 
 EDGE = """name: edge_warmup

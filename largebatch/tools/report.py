@@ -226,7 +226,7 @@ def build(runs_dir: Path, out: Path, tolerance: float = 0.005, names: list[str] 
         blocks.append(("img", img.name, "test error against global minibatch size"))
     for sweep in sweeps:
         if sweep.varying == ["epochs", "global_batch"]:
-            blocks += _budget_section(sweep, tolerance)
+            blocks += _budget_section(sweep, tolerance, bsweep.constant("epochs") if bsweep else None)
         elif len(sweep.varying) == 2 and "global_batch" in sweep.varying:
             blocks += _pivot_section(sweep, base, out)
         else:
@@ -309,9 +309,10 @@ def _pivot_section(sweep: SweepResult, base: Group | None, out: Path) -> list[tu
             ("img", img.name, f"training error over epochs, {sweep.name}, against the baseline")]
 
 
-def _budget_section(sweep: SweepResult, tolerance: float) -> list[tuple]:
+def _budget_section(sweep: SweepResult, tolerance: float, used: float | None) -> list[tuple]:
     """Choosing the epoch budget: each small batch's test error at each budget, and whether they agree, i.e.
-    every batch's mean lies within the band of that budget's base-batch runs (max(2 std, tolerance))."""
+    every batch's mean lies within the band of that budget's base-batch runs (max(2 std, tolerance)); `used`:
+    the batch-size sweep's budget, if the report has one."""
     cell = {(g.label["epochs"], g.label["global_batch"]): g for g in sweep.groups}
     budgets, batches = sorted({e for e, _ in cell}), sorted({b for _, b in cell})
     base_batch = sweep.groups[0].runs[0].config["base_batch"]
@@ -329,8 +330,11 @@ def _budget_section(sweep: SweepResult, tolerance: float) -> list[tuple]:
         rows.append([f"{epochs:g}", *[g.cell() if g is not None else "" for g in groups], spread, verdict])
     header = ["epochs", *[f"B = {_batch(b)}" for b in batches], "spread of the means (points)",
               f"agree with B = {base_batch}?"]
-    verdict = (f"The shortest budget here at which the small batches agree: **{agreeing[0]:g} epochs**; the batch-size "
-               f"sweep runs at it." if agreeing else "At no budget here do the small batches agree yet.")
+    verdict = (f"The shortest budget here at which the small batches agree: **{agreeing[0]:g} epochs**." if agreeing
+               else "At no budget here do the small batches agree yet.")
+    if used is not None:
+        verdict += (" The batch-size sweep runs at it." if agreeing and used == agreeing[0]
+                    else f" The batch-size sweep runs at {used:g} epochs.")
     return [("h2", "The epoch budget"),
             ("p", "Below a converged budget every larger batch loses updates it still needed, so a 'break' would "
                   "measure under-training. Test error % (mean ± std over seeds) of the small batches at each "
