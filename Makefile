@@ -38,8 +38,9 @@ demo: setup
 	$(BIN)/largebatch compare runs/demo-B128 runs/demo-B512 --plot runs/demo.png
 
 # The Fashion-MNIST evidence (two 1-thread jobs at a time on a 2-core CPU): the epoch budget, Figure 1 at it,
-# the noise scale, and the report. A stopped `make results` resumes where it was.
-RESULTS := budget figure1
+# the paper's ablations at the edge of its flat region, the noise scale, and the report. A stopped
+# `make results` resumes where it was.
+RESULTS := budget figure1 edge_warmup edge_lr edge_lr_scaling edge_zero_gamma edge_bn edge_weight_decay edge_beyond
 JOBS ?= 2
 results: setup
 	for s in $(RESULTS); do $(BIN)/largebatch sweep recipes/sweeps/$$s.yaml --out runs/sweeps --jobs $(JOBS) || exit 1; done
