@@ -6,6 +6,7 @@ import os
 import pytest
 
 from largebatch.tools.cli import main
+from largebatch.tools.report import load_run
 from largebatch.training.config import Config
 
 BATCH = """name: batch_size
@@ -213,3 +214,11 @@ def test_an_ablation_at_two_batches_is_a_table_in_the_papers_form(runs, tmp_path
     assert ("| warmup | B = 512 | Δ vs baseline | B = 1k | Δ vs baseline | paper, kn = 8k (ImageNet) |") in md
     assert "| none | 13.00 ± 1.41 | +2.90 | 16.00 ± 1.41 | +5.90 | 24.84 ± 0.37 |" in md
     assert "| gradual | not run yet |  | 10.50 ± 0.14 | +0.40 | 23.74 ± 0.09 |" in md
+
+
+def test_a_run_written_before_an_option_existed_reads_it_at_its_default(runs):
+    folder = runs / "batch_size/global-batch=512,seed=0"
+    config = json.loads((folder / "config.json").read_text())
+    del config["lr_scaling"]  # runs from before --lr-scaling (they scaled linearly, today's default)
+    (folder / "config.json").write_text(json.dumps(config))
+    assert load_run(folder).config["lr_scaling"] == Config().lr_scaling == "linear"

@@ -17,6 +17,7 @@ import statistics
 from pathlib import Path
 
 from ..errors import UserError
+from ..training.config import Config
 from ..training.metrics import final_error, read_metrics
 from ..training.noise import critical_batch
 from . import figures
@@ -111,7 +112,10 @@ def load_run(folder: Path) -> Run | None:
     status = json.loads(summary.read_text())["status"]
     if not evals and status != "diverged":
         return None
-    return Run(folder, json.loads((folder / "config.json").read_text()), status, evals, critical_batch(steps)[0])
+    # Options added since the run was written are at their defaults: what the code that wrote it did.
+    config = {f.name: f.default for f in dataclasses.fields(Config) if f.default is not dataclasses.MISSING}
+    config.update(json.loads((folder / "config.json").read_text()))
+    return Run(folder, config, status, evals, critical_batch(steps)[0])
 
 
 def load_sweeps(runs_dir: Path, names: list[str] | None = None) -> list[SweepResult]:
