@@ -305,7 +305,7 @@ def _pivot_section(sweep: SweepResult, base: Group | None, out: Path) -> list[tu
     header = [option.replace("_", "-"), *[h for b in batches for h in (f"B = {_batch(b)}", "Δ vs baseline")]]
     header += ["paper, kn = 8k (ImageNet)"] if paper else []
     title = f"{TITLES.get(option, option)} at B = " + " and ".join(_batch(b) for b in batches)
-    intro = ("Test error % (mean ± std over seeds) and its distance in points to the baseline"
+    intro = ("Test error % (mean ± std over seeds; without ±, one seed) and its distance in points to the baseline"
              + (f", B = {base.label['global_batch']}: {base.cell()}" if base is not None else "")
              + (" (the paper's kn = 256 baseline: 23.60 ± 0.12)." if paper else "."))
     img = plot_curves(sweep, base, out / f"curves_{sweep.name}.png")
