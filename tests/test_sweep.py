@@ -59,7 +59,7 @@ parameters:
     ("edge_warmup", 12, {"warmup": ["none", "constant", "gradual"], "global-batch": [512, 1024], "seed": [0, 1]}),
     ("edge_lr", 12, {"base-lr": [0.05, 0.1, 0.2], "global-batch": [512, 1024], "seed": [0, 1]}),
     ("edge_lr_scaling", 12, {"lr-scaling": ["linear", "sqrt", "none"], "global-batch": [512, 1024], "seed": [0, 1]}),
-    ("edge_zero_gamma", 8, {"zero-init-last": [True, False], "global-batch": [512, 1024], "seed": [0, 1]}),
+    ("edge_zero_gamma", 12, {"zero-init-last": [True, False], "global-batch": [256, 512, 1024], "seed": [0, 1]}),
     ("edge_bn", 16, {"bn-batch": [16, 32, 64, 256], "global-batch": [512, 1024], "seed": [0, 1]}),
     ("edge_weight_decay", 8, {"wd-scaling": ["none", "inverse"], "global-batch": [512, 1024], "seed": [0, 1]}),
     ("edge_beyond", 12, {"optimizer": ["sgd", "lars", "adascale"], "global-batch": [1024, 2048], "seed": [0, 1]}),
