@@ -57,7 +57,7 @@ parameters:
     ("figure1", 16, {"global-batch": [64, 128, 256, 512, 1024, 2048, 4096, 8192], "seed": [0, 1]}),
     ("budget", 12, {"epochs": [6, 10], "global-batch": [256, 128, 64], "seed": [0, 1]}),
     ("edge_warmup", 12, {"warmup": ["none", "constant", "gradual"], "global-batch": [512, 1024], "seed": [0, 1]}),
-    ("edge_lr", 12, {"base-lr": [0.05, 0.1, 0.2], "global-batch": [512, 1024], "seed": [0, 1]}),
+    ("edge_lr", 18, {"base-lr": [0.05, 0.1, 0.2], "global-batch": [256, 512, 1024], "seed": [0, 1]}),
     ("edge_lr_scaling", 12, {"lr-scaling": ["linear", "sqrt", "none"], "global-batch": [512, 1024], "seed": [0, 1]}),
     ("edge_zero_gamma", 12, {"zero-init-last": [True, False], "global-batch": [256, 512, 1024], "seed": [0, 1]}),
     ("edge_bn", 16, {"bn-batch": [16, 32, 64, 256], "global-batch": [512, 1024], "seed": [0, 1]}),
