@@ -113,8 +113,7 @@ def load_run(folder: Path) -> Run | None:
     if not evals and status != "diverged":
         return None
     # Options added since the run was written are at their defaults: what the code that wrote it did.
-    config = {f.name: f.default for f in dataclasses.fields(Config) if f.default is not dataclasses.MISSING}
-    config.update(json.loads((folder / "config.json").read_text()))
+    config = dataclasses.asdict(Config()) | json.loads((folder / "config.json").read_text())
     return Run(folder, config, status, evals, critical_batch(steps)[0])
 
 
@@ -304,7 +303,9 @@ def _pivot_section(sweep: SweepResult, base: Group | None, out: Path) -> list[tu
         rows.append(row + ([paper.get(v, "")] if paper else []))
     header = [option.replace("_", "-"), *[h for b in batches for h in (f"B = {_batch(b)}", "Δ vs baseline")]]
     header += ["paper, kn = 8k (ImageNet)"] if paper else []
-    title = f"{TITLES.get(option, option)} at B = " + " and ".join(_batch(b) for b in batches)
+    sizes = [_batch(b) for b in batches]
+    title = f"{TITLES.get(option, option)} at B = " + (f"{', '.join(sizes[:-1])} and {sizes[-1]}" if len(sizes) > 1
+                                                       else sizes[0])
     intro = ("Test error % (mean ± std over seeds; without ±, one seed) and its distance in points to the baseline"
              + (f", B = {base.label['global_batch']}: {base.cell()}" if base is not None else "")
              + (" (the paper's kn = 256 baseline: 23.60 ± 0.12)." if paper else "."))
