@@ -94,3 +94,33 @@ def test_nesterov_reaches_sgd_and_lars_and_the_eq10_form_refuses_it():
 def test_lars_without_weight_decay_is_refused():
     with pytest.raises(UserError, match="--weight-decay 0 is plain SGD"):
         Config(optimizer="lars", weight_decay=0).validate()
+
+
+def test_paper_form_corrects_when_groups_step_one_at_a_time():
+    """DeepSpeed ZeRO-3 calls step() once per parameter group, the other groups' params emptied for that call
+    (stage3._optimizer_step); the correction must still see each parameter's own previous rate."""
+    lrs = [0.01 + 0.02 * t for t in range(10)] + [0.02] * 3
+
+    def one_group_at_a_time(params):
+        params = list(params)
+        opt = PaperSGD([{"params": params[:2]}, {"params": params[2:], "weight_decay": 0.0}], lr=0.1,
+                       momentum=0.9, weight_decay=1e-3)
+        whole = [g["params"] for g in opt.param_groups]
+        step = opt.step
+
+        def zero3_step():
+            for group in opt.param_groups:
+                for g, ps in zip(opt.param_groups, whole):
+                    g["params"] = ps if g is group else []
+                step()
+            for g, ps in zip(opt.param_groups, whole):
+                g["params"] = ps
+        opt.step = zero3_step
+        return opt
+
+    def torch_sgd(params):
+        params = list(params)
+        return torch.optim.SGD([{"params": params[:2]}, {"params": params[2:], "weight_decay": 0.0}], lr=0.1,
+                               momentum=0.9, weight_decay=1e-3)
+
+    assert torch.allclose(_trajectory(one_group_at_a_time, lrs), _trajectory(torch_sgd, lrs), atol=1e-6)

@@ -13,6 +13,10 @@ class PaperSGD(torch.optim.Optimizer):
     Because the rate sits inside v, a change of rate from lr_prev to lr needs the momentum correction
     of Remark 2, v <- m*(lr/lr_prev)*v + lr*g, to follow the same trajectory as torch.optim.SGD.
     `correction=False` leaves it out, which is what the paper warns against.
+
+    lr_prev is kept with each parameter's v (state["lr"]: the rate v was last built with), not with its
+    group: DeepSpeed ZeRO-3 steps one parameter group at a time (the others emptied), so a rate noted on
+    the group at every call would be overwritten before that group's own step, losing the correction.
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
@@ -24,8 +28,6 @@ class PaperSGD(torch.optim.Optimizer):
     def step(self, closure=None):
         for group in self.param_groups:
             lr, m, wd = group["lr"], group["momentum"], group["weight_decay"]
-            prev_lr = group.get("prev_lr", lr)
-            ratio = lr / prev_lr if self.correction and prev_lr != 0 else 1.0
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -34,9 +36,12 @@ class PaperSGD(torch.optim.Optimizer):
                 if "v" not in state:
                     state["v"] = g.mul(lr)
                 else:
+                    # Checkpoints written before state["lr"] existed kept the rate on the group.
+                    prev_lr = state.get("lr", group.get("prev_lr", lr))
+                    ratio = lr / prev_lr if self.correction and prev_lr != 0 else 1.0
                     state["v"].mul_(m * ratio).add_(g, alpha=lr)
+                state["lr"] = lr
                 p.sub_(state["v"])
-            group["prev_lr"] = lr
 
 
 def weight_decay(cfg: Config) -> float:
