@@ -154,9 +154,12 @@ def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator
     _open_run_dir(run, W)
     optimizer = build_optimizer(cfg, model, lr_at(0, sched))
     if deepspeed:
-        # We prepare no dataloader, so DeepSpeed learns the micro-batch from us; no clipping: not the paper's.
+        # We prepare no dataloader, so DeepSpeed learns the batch from us (all three numbers: the plugin's
+        # config outlives this run, and a second run in the process would keep the first one's total);
+        # no clipping: not the paper's.
         accelerator.state.deepspeed_plugin.deepspeed_config.update(
-            train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=A, gradient_clipping=0.0)
+            train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=A, train_batch_size=cfg.global_batch,
+            gradient_clipping=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
     check_deepspeed_engaged(model)
     model.train()
