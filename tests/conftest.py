@@ -51,6 +51,24 @@ def step_losses(run_dir) -> list[float]:
     return [r["loss"] for r in rows if "loss" in r]
 
 
+# Float drift between two runs of the same steps whose sums are taken in another order (another split of the
+# batch, another engine, another instruction set): README, "What is exact and what drifts".
+UNIT_ROUNDOFF = 2.0 ** -24  # float32
+AMPLIFICATION = 8.0  # per optimizer step: 3 bits
+
+
+def drift_tolerance(batch: int, loss: float, step: int) -> float:
+    """The rule: step k's losses may differ by the float32 rounding bound of a sum over the batch's B
+    examples (B·u·|loss|, Higham's bound for n terms of one sign), amplified 8x by each step before it."""
+    return batch * UNIT_ROUNDOFF * abs(loss) * AMPLIFICATION ** step
+
+
+def assert_within_drift(losses, reference, batch: int) -> None:
+    assert len(losses) == len(reference), (losses, reference)
+    over = [(k, a, b) for k, (a, b) in enumerate(zip(losses, reference)) if abs(a - b) > drift_tolerance(batch, b, k)]
+    assert not over, f"steps beyond the drift rule (step, loss, reference): {over}"
+
+
 def final_params(run_dir) -> dict[str, torch.Tensor]:
     last = sorted((Path(run_dir) / "checkpoints").glob("step_*"))[-1]
     return load_file(last / "model.safetensors")

@@ -28,6 +28,7 @@ def _same_params(a_dir, b_dir):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.numerics
 def test_killed_worker_is_restarted_and_finishes_bitwise_identical(tmp_path, small_fmnist):
     """SIGKILL one of two workers at a random checkpoint; torchrun restarts both and --resume continues."""
     launch(RECIPE, _args(small_fmnist, tmp_path / "straight"), nproc=2)

@@ -14,7 +14,7 @@ import psutil
 import pytest
 import torch
 
-from conftest import ROOT, final_params, launch, launch_command, launch_env, step_losses
+from conftest import ROOT, assert_within_drift, final_params, launch, launch_command, launch_env, step_losses
 
 from largebatch.errors import UserError
 from largebatch.training import checkpoint
@@ -67,6 +67,7 @@ def _stop_line(output):
 
 
 @pytest.mark.slow
+@pytest.mark.numerics
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_checkpoints_the_step_and_resume_is_identical(sig, straight, small_fmnist, tmp_path):
     run = tmp_path / "run"
@@ -190,13 +191,15 @@ def test_damaged_metrics_log_is_rebuilt_from_the_checkpoint(damage, straight, sm
 
 
 @pytest.mark.slow
+@pytest.mark.numerics
 def test_split_drift_is_bounded(straight):
     """1 and 2 processes take the same steps up to float rounding (sums in another order), which BN networks
-    amplify at a high rate (README, "What is exact and what drifts"): within 1e-6 over the first steps,
-    then apart by up to 4.3e-3 in the loss by step 32 here."""
+    amplify at a high rate (README, "What is exact and what drifts"): within the drift rule (conftest), which
+    bounds the first steps and grows past the loss itself by step 9, then the same experiment: apart by up
+    to 4.3e-3 in the loss by step 32 here."""
     one, two = step_losses(straight[1]), step_losses(straight[2])
     assert len(one) == len(two) == 32
-    assert all(abs(a - b) < 1e-6 for a, b in zip(one[:4], two[:4]))
+    assert_within_drift(two, one, 256)
     drift = max(abs(a - b) for a, b in zip(one, two))
     assert 0 < drift < 1e-2, drift
 

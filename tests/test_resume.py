@@ -22,6 +22,7 @@ def _args(data, run_dir):
             "--checkpoint-every", 2, "--keep-checkpoints", 3, "--run-dir", run_dir]
 
 
+@pytest.mark.numerics
 def test_kill_and_resume_gives_identical_parameters_and_metrics(tmp_path, small_fmnist):
     launch(RECIPE, _args(small_fmnist, tmp_path / "straight"))
 

@@ -11,12 +11,10 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, launch, launch_command, launch_env, step_losses
+from conftest import ROOT, assert_within_drift, launch, launch_command, launch_env, step_losses
 
 from largebatch.tools.cli import main
-from largebatch.training.config import parse_config
 from largebatch.training.data import load_fashion_mnist
-from largebatch.training.schedule import lr_at, schedule_of
 
 pytestmark = pytest.mark.slow  # trains: see `pytest -m "not slow"` for the fast tier
 
@@ -49,16 +47,17 @@ def _error_line(out) -> str:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, small_fmnist):
-    """The same 8 steps under DDP, ZeRO 1, 2 and 3, and ZeRO-2 with the paper's momentum form, on the first
-    4096 training and 1000 test images."""
+    """The same 8 steps under DDP and ZeRO 1, 2 and 3, on the first 4096 training and 1000 test images.
+    (Every engine x optimizer form x accumulation x BN mode, the rate at every step and resume mid-warmup:
+    tests/test_matrix.py.)"""
     root = tmp_path_factory.mktemp("zero")
     out = {"ddp": (root / "ddp", _run(small_fmnist, root / "ddp"))}
     for stage, config in ZERO.items():
         out[stage] = (root / f"zero{stage}", _run(small_fmnist, root / f"zero{stage}", config=config))
-    out["paper"] = (root / "paper", _run(small_fmnist, root / "paper", "--momentum-form", "paper", config=ZERO[2]))
     return out
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_zero_trains_what_ddp_trains(runs, stage):
     (ddp, _), (run, proc) = runs["ddp"], runs[stage]
@@ -66,29 +65,17 @@ def test_zero_trains_what_ddp_trains(runs, stage):
     assert (sorted((run / "checkpoints").glob("step_*"))[-1] / "pytorch_model").is_dir()  # DeepSpeed's format
     a, b = step_losses(ddp), step_losses(run)
     assert len(a) == len(b) == 8
-    # The same steps up to float rounding: ZeRO 2 and 3 reduce the accumulated gradients in another order,
-    # and BN amplifies the last-bit differences (README: 0.0 at stage 1, 1.2e-4 by step 8 at stages 2, 3).
-    assert all(abs(x - y) < 1e-6 for x, y in zip(a[:4], b[:4])) and max(abs(x - y) for x, y in zip(a, b)) < 1e-3, (a, b)
+    # Stage 1 all-reduces the accumulated gradient once, as DDP does: with 2 ranks the same bits. Stages 2 and
+    # 3 reduce it in another order, which BN amplifies step by step: within the drift rule (conftest).
+    if stage == 1:
+        assert a == b
+    assert_within_drift(b, a, 512)
     # Evaluation is the same function of the weights: rank 0's BN statistics in both modes.
     (ea,), (eb,) = _evals(ddp), _evals(run)
     assert abs(ea["test_error"] - eb["test_error"]) <= 0.005 and abs(ea["test_loss"] - eb["test_loss"]) < 1e-2, (ea, eb)
 
 
-def test_paper_momentum_form_under_zero(runs):
-    a, b = step_losses(runs["ddp"][0]), step_losses(runs["paper"][0])
-    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5, (a, b)
-
-
-def test_the_rate_reaches_deepspeeds_optimizer(runs):
-    """Every step checks the rate in ZeRO's inner torch optimizer (Stepper.set_lr raises otherwise);
-    the rates it logged are the schedule's, warmup and decay included."""
-    rows = [json.loads(line) for line in (runs[3][0] / "metrics.jsonl").read_text().splitlines()]
-    sched = schedule_of(parse_config(list(map(str, ARGS))), 8)
-    logged = [r["lr"] for r in rows if "lr" in r]
-    assert logged == [lr_at(s, sched) for s in range(8)]
-    assert all(a != b for a, b in zip(logged, logged[1:]))  # warmup, then decay: a new rate at every step
-
-
+@pytest.mark.numerics
 @pytest.mark.parametrize("stage", [2, 3])
 def test_killed_zero_run_resumes_to_the_same_losses(runs, small_fmnist, tmp_path, stage):
     """SIGKILL once the step-4 checkpoint is on disk; at stage 3 a shard of it is also cut short, so the
