@@ -75,7 +75,9 @@ def test_dry_run_is_the_reports_figures_per_sweep(capsys, monkeypatch):
         "global_batch.value", "mean", "stddev")
     assert "max(2 std, 0.5 points)" in panels["Markdown Panel"]["value"]
     lines = [p["config"]["metrics"] for p in section["panels"] if p["viewType"] == "Run History Line Plot"]
-    assert lines == [["train_error"], ["noise_scale"]]
+    assert lines == [["train_error"], ["test_error"], ["noise_scale"]]
+    [steps] = [p["config"] for p in section["panels"] if p["config"].get("metrics") == ["test_error"]]
+    assert steps["xAxis"] == "_step" and steps["xLogScale"] and steps["yLogScale"]  # steps to result, log-log
     # The warmup view finds B = 512 runs of each warmup and both seeds, finished ones only, grouped by warmup.
     run_set = views["largebatch: warmup"]["runSets"][0]
     filters = {(f["key"]["name"], f["op"]): f["value"] for f in run_set["filters"]["filters"]}

@@ -112,6 +112,12 @@ def panels(view: View) -> list:
         out[1:1] = [wr.ScatterPlot(title="final test error against the global batch (each run)",
                                    x=wr.Config(option("global_batch")), y=final, log_x=True),
                     wr.MarkdownPanel(markdown=BAND_NOTE)]
+        # Steps to result (Shallue et al. 2019): where each batch's curve first crosses a target error; the
+        # steps a panel can read off, since W&B cannot compute a first crossing (`largebatch report` does).
+        out.append(wr.LinePlot(title="test error against optimizer steps, by global batch: steps to a target "
+                                     "error halve per doubling of B where scaling is perfect",
+                               x="_step", y=[metrics.TEST_ERROR], log_x=True, log_y=True, title_x="optimizer step",
+                               title_y="test error", max_runs_to_show=MAX_RUNS, **grouped))
         out.append(wr.LinePlot(title="gradient noise scale B_simple over training (runs with accumulation)",
                                x=metrics.EPOCH, y=[metrics.NOISE_SCALE], log_y=True, title_x="epoch",
                                title_y="B_simple", max_runs_to_show=MAX_RUNS, **grouped))

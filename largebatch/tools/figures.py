@@ -108,3 +108,28 @@ def scaling(rows_by_algorithm: dict[str, list[dict]], out: Path) -> Path:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     return save(fig, out)
+
+
+def steps_vs_batch(batches: list[int], ticks: list[str], steps: list[tuple[float, int, int] | None],
+                   perfect: list[float] | None, target: str, out: Path) -> Path:
+    """Optimizer steps to reach `target` (geometric mean over seeds, bars from the fewest to the most; None
+    where no seed reached it) against the global batch on log-log axes, with the `perfect`-scaling line."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    if perfect is not None:
+        ax.plot(batches, perfect, "--", color="0.5", label="perfect scaling (steps halve as B doubles)")
+    ok = [i for i, s in enumerate(steps) if s is not None]
+    means = [steps[i][0] for i in ok]
+    ax.errorbar([batches[i] for i in ok], means,
+                yerr=[[m - steps[i][1] for m, i in zip(means, ok)], [steps[i][2] - m for m, i in zip(means, ok)]],
+                fmt="-o", capsize=3, label="steps to the target (mean and min-max over seeds)")
+    never = [b for b, s in zip(batches, steps) if s is None]
+    if never:
+        ax.plot(never, [1.5 * max(means or [1])] * len(never), "rx", ms=9, label="never reached")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(batches)
+    ax.set_xticklabels(ticks)
+    ax.set(xlabel="global minibatch size kn", ylabel="optimizer steps", title=f"steps to reach {target}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return save(fig, out)
