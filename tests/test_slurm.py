@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -35,8 +36,10 @@ for _ in "${pids[@]}"; do
     fi
 done
 """
-# `scontrol show hostnames LIST` for a comma-separated LIST (SLURM's also expands node[01-32]).
+# `scontrol show hostnames LIST` for a comma-separated LIST (SLURM's also expands node[01-32]); `scontrol
+# requeue ID` is noted in $SCONTROL_LOG.
 FAKE_SCONTROL = """#!/bin/bash
+if [[ $1 == requeue ]]; then echo "requeue $2" >> "$SCONTROL_LOG"; exit 0; fi
 tr , '\\n' <<<"$3"
 """
 
@@ -61,8 +64,9 @@ def test_sbatch_header_asks_for_what_the_launch_uses():
     assert text.count("#SBATCH") == len(options)
     # one launcher per node: a second task on a node would start a second set of workers as the same rank
     assert options["--ntasks-per-node"] == "1"
-    # the script reads SLURM_GPUS_PER_NODE and SLURM_CPUS_PER_TASK, which SLURM sets only for these options
-    assert "--gpus-per-node" in options and "--cpus-per-task" in options
+    # the script reads SLURM_GPUS_PER_NODE, which SLURM sets only for this option; whole nodes rather than a
+    # fixed core count, which would leave the job pending forever on smaller nodes
+    assert "--gpus-per-node" in options and "--exclusive" in options and "--cpus-per-task" not in options
     # the run checkpoints and stops on SIGTERM: it must reach the job steps (B:TERM would signal only the
     # batch shell) early enough for a step and a checkpoint
     grace = re.fullmatch(r"TERM@(\d+)", options["--signal"])
@@ -71,32 +75,52 @@ def test_sbatch_header_asks_for_what_the_launch_uses():
     assert "--requeue" in options and "SLURM_RESTART_COUNT" in text
 
 
-@pytest.mark.slow
-def test_two_nodes_train_as_two_processes_on_one(small_fmnist, tmp_path):
-    args = ["--data-dir", small_fmnist, "--subset", 512, "--global-batch", 128, "--micro-batch", 32,
-            "--epochs", 1]
-    launch(RECIPE, [*args, "--run-dir", tmp_path / "one"], nproc=2)
-
+def _fake_slurm(tmp_path, nodes=2, **env):
+    """The environment of a batch job on `nodes` nodes, with the srun and scontrol stand-ins on PATH."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(exist_ok=True)
     for name, script in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
         (bin_dir / name).write_text(script)
         (bin_dir / name).chmod(0o755)
-    env = launch_env(2, PATH=f"{bin_dir}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
-                     SLURM_NNODES="2", SLURM_GPUS_PER_NODE="1", SLURM_CPUS_PER_TASK="1", SLURM_JOB_ID="1",
-                     SLURM_JOB_NODELIST="127.0.0.1,127.0.0.1", MAIN_PROCESS_PORT=str(free_port()),
-                     ACCELERATE_CONFIG="accelerate_configs/cpu_2proc.yaml")
-    cmd = ["bash", str(SBATCH), str(RECIPE), *map(str, args), "--run-dir", str(tmp_path / "nodes")]
-    # Its own process group, so that a failure or a timeout leaves no launcher or worker behind.
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    return launch_env(2, PATH=f"{bin_dir}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+                      SLURM_NNODES=str(nodes), SLURM_CPUS_ON_NODE="1", SLURM_JOB_ID="1",
+                      SLURM_SUBMIT_DIR=str(tmp_path), SLURM_JOB_NODELIST=",".join(["127.0.0.1"] * nodes),
+                      MAIN_PROCESS_PORT=str(free_port()), SCONTROL_LOG=str(tmp_path / "scontrol.log"),
+                      ACCELERATE_CONFIG="accelerate_configs/cpu_2proc.yaml", **env)
+
+
+def _sbatch(env, *args, timeout=300):
+    """Run the batch script as SLURM would; its own process group, so nothing is left behind."""
+    proc = subprocess.Popen(["bash", str(SBATCH), *map(str, args)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        out, _ = proc.communicate(timeout=300)
+        out, _ = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 0, out[-5000:]
+    return proc.returncode, out
+
+
+@pytest.mark.parametrize("gpus", ["0", None])
+def test_no_processes_per_node_is_one_line(tmp_path, gpus):
+    """A CPU cluster: --gpus-per-node=0 (or none) without LARGEBATCH_PROCS_PER_NODE is refused before launching
+    (it used to reach torchrun as --num_processes 0: a bare AssertionError)."""
+    env = _fake_slurm(tmp_path, **({} if gpus is None else {"SLURM_GPUS_PER_NODE": gpus}))
+    status, out = _sbatch(env, RECIPE, "--dry-run")
+    assert status == 2 and out.count("\n") == 1 and out.startswith("error: ") and "LARGEBATCH_PROCS_PER_NODE" in out, out
+
+
+@pytest.mark.slow
+def test_two_nodes_train_as_two_processes_on_one(small_fmnist, tmp_path):
+    """Two "nodes" of one CPU process each (LARGEBATCH_PROCS_PER_NODE, as on a CPU cluster) train exactly as
+    cpu_2proc.yaml's 2 processes on one machine."""
+    args = ["--data-dir", small_fmnist, "--subset", 512, "--global-batch", 128, "--micro-batch", 32,
+            "--epochs", 1]
+    launch(RECIPE, [*args, "--run-dir", tmp_path / "one"], nproc=2)
+    env = _fake_slurm(tmp_path, SLURM_GPUS_PER_NODE="0", LARGEBATCH_PROCS_PER_NODE="1")
+    status, out = _sbatch(env, RECIPE, *args, "--run-dir", tmp_path / "nodes")
+    assert status == 0, out[-5000:]
 
     # Accelerate prints on each node's first process: two nodes, one header each, 2 processes in all.
     assert out.count("global batch 128 = micro-batch 32 x 2 processes x 2 accumulation steps") == 2, out[-3000:]
@@ -105,3 +129,33 @@ def test_two_nodes_train_as_two_processes_on_one(small_fmnist, tmp_path):
     assert (nodes / "metrics.jsonl").read_text() == (one / "metrics.jsonl").read_text()
     a, b = final_params(one), final_params(nodes)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "scontrol.log").exists()  # a finished job is not requeued
+
+
+@pytest.mark.slow
+def test_a_checkpointed_stop_requeues_the_job_and_a_failure_does_not(small_fmnist, tmp_path):
+    """SIGTERM to the job (SLURM's warning before the time limit): the workers checkpoint and stop, and the
+    batch script requeues its job and exits 0. A run that fails (bad options) is not requeued."""
+    env = _fake_slurm(tmp_path, SLURM_GPUS_PER_NODE="1")
+    args = ["--data-dir", small_fmnist, "--subset", 2048, "--global-batch", 128, "--micro-batch", 32,
+            "--epochs", 50, "--checkpoint-every", 4, "--run-dir", tmp_path / "run"]
+    proc = subprocess.Popen(["bash", str(SBATCH), str(RECIPE), *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not list((tmp_path / "run/checkpoints").glob("step_*")):
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGTERM)  # SLURM signals every process of the job's steps
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, out[-3000:]
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 1\n", out[-3000:]
+    assert "requeueing job 1" in out and not list(tmp_path.glob(".largebatch-stopped-*"))
+
+    (tmp_path / "scontrol.log").unlink()
+    status, out = _sbatch(env, RECIPE, "--global-batch", 100, "--micro-batch", 32)
+    assert status != 0 and not (tmp_path / "scontrol.log").exists(), out[-3000:]
