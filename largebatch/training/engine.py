@@ -165,7 +165,7 @@ def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator
     model.train()
     run.stepper = Stepper(accelerator, model, optimizer, A, measure_noise)
     run.evaluate = Evaluator(cfg, accelerator, data, micro)
-    run.log = MetricsLog(run.run_dir / "metrics.jsonl", accelerator)
+    run.log = MetricsLog(run.run_dir / "metrics.jsonl", accelerator, run.ckpt_dir)
     _restore(run, resume_from, progress)
     return run
 
@@ -227,7 +227,7 @@ def _open_run_dir(run: Run, world_size: int) -> None:
                 steps_per_epoch=sched.steps_per_epoch, segments=run.segments, sweep=sweep_of())
     if run.accelerator.is_main_process:
         run.run_dir.mkdir(parents=True, exist_ok=True)
-        (run.run_dir / "config.json").write_text(json.dumps(info, indent=2))
+        checkpoint.replace_file(run.run_dir / "config.json", json.dumps(info, indent=2), run.ckpt_dir)
     if uses_wandb(cfg):
         start_wandb(run.accelerator, cfg, run.run_dir, info)
 
