@@ -78,6 +78,23 @@ def write_summary(run_dir: Path, status: str, **extra) -> dict:
     return summary
 
 
+def read_summary(run_dir: Path) -> dict | None:
+    """The run's summary.json; None while the run is not over. A damaged one (not the JSON object with a status
+    that `write_summary` writes) is None too, with a warning: resuming the run writes it again."""
+    path = Path(run_dir) / SUMMARY
+    try:
+        summary = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        summary = None
+    if isinstance(summary, dict) and summary.get(STATUS) in ("finished", "diverged"):
+        return summary
+    print(f"warning: {path} is damaged (not a finished run's summary); taking the run as unfinished: resuming it "
+          f"(`largebatch sweep` again, or its command with --resume) writes it again", file=sys.stderr)
+    return None
+
+
 def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
     """(per-step rows, per-evaluation rows) of a run's metrics.jsonl; a damaged line is a UserError."""
     steps, evals = [], []
