@@ -1,6 +1,11 @@
 """The exceptions a recipe turns into one line on stderr and an exit status, instead of a traceback."""
+import errno
 import os
+import re
+import resource
+import shutil
 import sys
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -35,3 +40,31 @@ def exit_with(e: UserError | Stopped):
         with open(os.environ[STOP_FILE], "w") as f:
             f.write(line + "\n")
     sys.exit(EXIT_STOPPED if stopped else 2)
+
+
+def write_failure(e: BaseException, where) -> tuple[str, str]:
+    """(cause, fix) of a write under the folder `where` that raised `e`, in words for the user's one line.
+
+    OSError carries its errno; safetensors (Rust) folds it into its own error's message as "(os error N)";
+    torch's zip writer reports a short write only as "unexpected pos", so the cause is read off the
+    file-size limit and the disk instead.
+    """
+    code = e.errno if isinstance(e, OSError) else None
+    found = re.search(r"\(os error (\d+)\)", str(e))
+    code = code or (int(found.group(1)) if found else None)
+    short = code is None and "unexpected pos" in str(e)
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if code == errno.EFBIG or (short and limit != resource.RLIM_INFINITY):
+        return (f"{os.strerror(errno.EFBIG)} (the file-size limit is {limit // 1024} KB)",
+                "raise the limit (ulimit -f unlimited)")
+    folder = Path(where)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if code in (errno.ENOSPC, errno.EDQUOT) or short:
+        free = shutil.disk_usage(folder).free / 1e6
+        what = os.strerror(code) if code else "the write came up short, as on a full disk"
+        return f"{what} ({free:.1f} MB free in {folder})", "free space"
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR):
+        return os.strerror(code), "choose a place you can write to"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return (os.strerror(code) if code else f"{type(e).__name__}: {first}"), "fix that"

@@ -127,3 +127,40 @@ def test_batch_split_refused(B, micro, W, words):
         Config(global_batch=B, micro_batch=micro).validate().split(W)
     for w in words:
         assert w in str(e.value), str(e.value)
+
+
+def _exportable_run(folder: Path) -> Path:
+    """A run folder with one verified checkpoint of an untrained resnet_fmnist, as `largebatch export` reads it."""
+    import json
+
+    import timm
+    from safetensors.torch import save_file
+
+    from largebatch.training import checkpoint, models  # noqa: F401  (registers resnet_fmnist)
+
+    step = folder / "checkpoints/step_00000001"
+    step.mkdir(parents=True)
+    save_file(timm.create_model("resnet_fmnist", num_classes=10, in_chans=1).state_dict(), step / "model.safetensors")
+    (step / "metrics.jsonl").write_text("")
+    (step / "progress.json").write_text(json.dumps(dict(files=checkpoint._manifest(step))))
+    (folder / "config.json").write_text(json.dumps(dict(model="resnet_fmnist", num_classes=10, in_chans=1)))
+    return folder
+
+
+@pytest.mark.parametrize("where, words", [
+    ("/sys/x.safetensors", ["cannot write /sys/x.safetensors: Permission denied", "choose a place you can write to"]),
+    ("folder", ["is a folder; name the file to write, e.g. ", "model.safetensors"]),
+])
+def test_export_to_a_place_it_cannot_write_is_one_line(where, words, tmp_path, capsys):
+    from largebatch.tools.cli import main
+
+    run = _exportable_run(tmp_path / "run")
+    out = str(tmp_path) if where == "folder" else where
+    with pytest.raises(SystemExit) as exit:
+        main(["export", str(run), out])
+    err = capsys.readouterr().err.strip()
+    assert exit.value.code == 2 and "\n" not in err and err.startswith("error: "), err
+    for w in words:
+        assert w in err, err
+    main(["export", str(run), str(tmp_path / "w.safetensors")])  # the same run exports where it can
+    assert "wrote" in capsys.readouterr().out and not list(tmp_path.glob("*.tmp"))

@@ -107,3 +107,24 @@ def test_resume_with_allowed_change_of_batch(tmp_path, small_fmnist):
     out = launch(RECIPE, _args(small_fmnist, run, "--epochs", 2, "--resume", "--allow-change", "epochs"))
     assert "epochs 1.0 -> 2.0" in out.stderr and "resuming from" in out.stdout
     assert len(step_losses(run)) == 16
+
+
+def test_killed_loader_worker_is_one_line(tmp_path, small_fmnist):
+    """The OOM killer takes a --workers process: one line naming it, the likely cause and the checkpoint, exit 2."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(RECIPE), *map(str, _args(small_fmnist, run, "--workers", 2,
+                                                                          "--epochs", 4))],
+                            cwd=ROOT, env=dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (run / "checkpoints/step_00000002").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    worker = psutil.Process(proc.pid).children()[0]  # a DataLoader worker
+    worker.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in err, err[-3000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"error: a data-loading worker died (DataLoader worker (pid {worker.pid}) is killed by "
+                           f"signal: Killed); a SIGKILL is most often the out-of-memory killer; give the job more "
+                           f"memory or fewer --workers (now 2), then rerun with --resume; the checkpoint "), line
+    assert "step_0000000" in line

@@ -129,9 +129,36 @@ def test_bad_folders_and_files_are_one_line(imagenet, tmp_path):
         load_imagenet(str(tmp_path / "bad"))
     (tmp_path / "bad" / "val" / "b").rename(tmp_path / "bad" / "val" / "a")
     (tmp_path / "bad" / "val" / "a" / "y.JPEG").write_bytes(b"")
+    (tmp_path / "bad" / "train" / "a" / "z.JPEG").write_bytes(b"")  # a copy cut off before its first byte
     data = load_imagenet(str(tmp_path / "bad"))
-    with pytest.raises(UserError, match=r"cannot decode .*train/a/x.JPEG .*replace or remove"):
+    with pytest.raises(UserError) as e:
         data.train_batch(torch.tensor([0]), seed=0, epoch=0)
+    assert str(e.value) == (f"cannot decode {tmp_path}/bad/train/a/x.JPEG (Unsupported image file. Only jpeg, png, "
+                            f"webp and gif are currently supported. For avif and heic format, please rely on "
+                            f"`decode_avif` and `decode_heic` directly.); replace or remove the file")
+    with pytest.raises(UserError) as e:
+        data.train_batch(torch.tensor([1]), seed=0, epoch=0)
+    assert str(e.value) == (f"cannot read {tmp_path}/bad/train/a/z.JPEG (Expected a non empty file); replace or "
+                            f"remove the file")
+
+
+def test_a_bad_image_in_a_loader_worker_is_its_own_line(imagenet, tmp_path):
+    """The ImageNet recipe decodes in --workers processes: the error is the worker's own line, not torch's
+    "Caught UserError in DataLoader worker process 0." with the worker's traceback folded into it."""
+    import functools
+    import shutil
+
+    from largebatch.training.engine import _train_batch
+    from largebatch.training.sharding import stream_loader
+
+    shutil.copytree(imagenet, tmp_path / "copy")
+    bad = tmp_path / "copy/train" / CLASSES[0] / f"{CLASSES[0]}_2.JPEG"
+    bad.write_bytes(bad.read_bytes()[:200])  # a truncated JPEG
+    data = load_imagenet(str(tmp_path / "copy"), img_size=32)
+    loader = stream_loader(functools.partial(_train_batch, data, 0), data.num_train, 10, 0, 0, 1, 1, 0, 1, workers=2)
+    with pytest.raises(UserError) as e:
+        list(loader)
+    assert str(e.value) == f"cannot decode {bad} (Image is incomplete or truncated); replace or remove the file"
 
 
 def test_prepared_shards(imagenet, tmp_path, monkeypatch):

@@ -109,10 +109,16 @@ def test_report_on_a_folder_without_sweeps(tmp_path, capsys):
     assert "holds no sweep folders" in capsys.readouterr().err
 
 
-def test_report_leaves_out_unfinished_runs(runs, tmp_path):
+def test_report_leaves_out_unfinished_runs_and_says_so(runs, tmp_path, capsys):
     (runs / "batch_size/global-batch=2048,seed=1/summary.json").unlink()  # still running
+    (runs / "batch_size/global-batch=512,seed=0/summary.json").write_text("{garbage")  # damaged
     main(["report", str(runs), "--out", str(tmp_path / "r")])
-    assert "|  | 2k | 0.8 | 12.00 | +1.90 | 25.00 | 1 | 500 |" in (tmp_path / "r/report.md").read_text()
+    md = (tmp_path / "r/report.md").read_text()
+    assert "|  | 2k | 0.8 | 12.00 (1 of 2 seeds unfinished) | +1.90 | 25.00 | 1 of 2 | 500 |" in md
+    assert "| 512 | 0.2 | 10.50 (1 of 2 seeds unfinished) |" in md
+    assert ("Not in the batch_size numbers above, 2 run(s): global-batch=512,seed=0 (its summary.json is "
+            "damaged), global-batch=2048,seed=1 (not finished); `largebatch sweep` again finishes them.") in md
+    assert "global-batch=512,seed=0/summary.json is damaged" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("last, every, median", [(90, 1, 88), (12, 0.25, 11.75), (6, 1, 6)])

@@ -186,3 +186,19 @@ def test_under_a_wandb_agent_runs_log_to_its_sweep(monkeypatch):
     monkeypatch.setenv("WANDB_RUN_ID", "run7")
     assert uses_wandb(cfg) and str(run_dir_of(cfg, "fashion-mnist")) == "runs/wandb-sweep-abc123/run7"
     assert str(run_dir_of(Config(run_dir="here"), "fashion-mnist")) == "here"
+
+
+def test_a_damaged_summary_is_run_again_not_taken_as_finished(tmp_path, capsys, monkeypatch):
+    from largebatch.tools.sweep import _still_to_run
+
+    monkeypatch.chdir(ROOT)
+    sweep = load_sweep(_write(tmp_path, TINY.format(name="tiny", batches=[128, 256])))
+    runs = checked_runs(sweep, tmp_path / "out")
+    for run, summary in zip(runs, ['{"status": "finished", "test_error": 0.1}', "{garbage"]):
+        run.folder.mkdir(parents=True)
+        (run.folder / "summary.json").write_text(summary)
+    todo = _still_to_run(sweep, runs, tmp_path / "out")
+    out = capsys.readouterr()
+    assert [r.name for r in todo] == ["global-batch=256"]  # resumed: its last checkpoint rewrites the summary
+    assert "global-batch=128: already finished" in out.out and "global-batch=256: already" not in out.out
+    assert "global-batch=256/summary.json is damaged" in out.err

@@ -7,14 +7,17 @@ layers are BatchNorm2d subclasses with BatchNorm2d's keys, so the file loads wit
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
 
 import timm
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..errors import UserError
+from ..errors import UserError, write_failure
 from ..training import checkpoint
 from ..training import models  # noqa: F401  (registers the small ResNets with timm)
 
@@ -47,8 +50,19 @@ def export(run_dir: str | Path, out: str | Path) -> str:
     except RuntimeError as e:
         raise UserError(f"checkpoint {path} does not load into timm's {cfg['model']}: "
                         f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out), metadata=dict(meta, checkpoint=str(path)))
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"{out} is a folder; name the file to write, e.g. {out / 'model.safetensors'}")
+    tmp = out.with_name(out.name + ".tmp")
+    try:  # whole or not at all: a temporary file renamed over `out`
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(tmp), metadata=dict(meta, checkpoint=str(path)))
+        os.replace(tmp, out)
+    except (OSError, SafetensorError) as e:  # safetensors reports the OS's errors in its own type
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        cause, fix = write_failure(e, out.parent)
+        raise UserError(f"cannot write {out}: {cause}; {fix}") from None
     return (f"wrote {out}: {len(state)} tensors from {path}; load it with "
             f"timm.create_model({cfg['model']!r}, num_classes={cfg['num_classes']}, in_chans={cfg['in_chans']})"
             f".load_state_dict(safetensors.torch.load_file({str(out)!r}))")

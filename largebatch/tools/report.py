@@ -8,6 +8,7 @@ baseline's band: baseline mean + max(2 std, tolerance).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import html
 import json
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..training.config import Config
-from ..training.metrics import final_error, read_metrics
+from ..training.metrics import STATUS, SUMMARY, final_error, read_metrics, read_summary
 from ..training.noise import critical_batch
 from . import figures
 from .sweep import load_sweep
@@ -52,7 +53,16 @@ class Run:
 @dataclasses.dataclass
 class Group:
     label: dict  # the varying options (not the seed) and their values
-    runs: list[Run]
+    runs: list[Run]  # those that ended (finished or diverged)
+    expected: int = 0  # the runs the sweep asks for here, one per seed
+
+    @property
+    def unfinished(self) -> int:
+        return max(0, self.expected - len(self.runs))
+
+    @property
+    def seeds(self) -> str:
+        return f"{len(self.runs)} of {self.expected}" if self.unfinished else str(len(self.runs))
 
     @property
     def ok(self) -> list[Run]:
@@ -76,12 +86,13 @@ class Group:
         return statistics.mean(values) if values else math.nan
 
     def cell(self) -> str:
-        """Mean ± std in percent, as the paper's tables; diverged seeds said, not averaged in."""
+        """Mean ± std in percent, as the paper's tables; diverged and unfinished seeds said, not averaged in."""
         diverged = len(self.runs) - len(self.ok)
+        left_out = f" ({self.unfinished} of {self.expected} seeds unfinished)" if self.unfinished else ""
         if not self.ok:
-            return "diverged"
+            return "diverged" + left_out
         text = f"{100 * self.mean:.2f}" + (f" ± {100 * self.std:.2f}" if len(self.ok) > 1 else "")
-        return text + (f" ({diverged} of {len(self.runs)} diverged)" if diverged else "")
+        return text + (f" ({diverged} of {len(self.runs)} diverged)" if diverged else "") + left_out
 
     def curve(self) -> tuple[list[float], list[float]]:
         """Training error per evaluation, averaged over the seeds that finished."""
@@ -96,22 +107,24 @@ class SweepResult:
     name: str
     varying: list[str]  # option names (underscored) that vary, seed excluded
     groups: list[Group]
+    unfinished: list[str] = dataclasses.field(default_factory=list)  # "<run>: why", runs left out of the tables
 
     def constant(self, key):
         values = {r.config[key] for g in self.groups for r in g.runs}
         return values.pop() if len(values) == 1 else None
 
 
-def load_run(folder: Path) -> Run | None:
+def load_run(folder: Path) -> Run | str:
+    """The run in `folder`, or why it is not in the report (not started, still running or stopped, damaged)."""
     if not (folder / "config.json").is_file() or not (folder / "metrics.jsonl").is_file():
-        return None
-    summary = folder / "summary.json"
-    if not summary.is_file():
-        return None  # still running, or interrupted: `largebatch sweep` again finishes it
+        return "not started"
+    summary = read_summary(folder)
+    if summary is None:  # still running, interrupted or damaged: `largebatch sweep` again finishes it
+        return "not finished" if not (folder / SUMMARY).is_file() else f"its {SUMMARY} is damaged"
     steps, evals = read_metrics(folder / "metrics.jsonl")
-    status = json.loads(summary.read_text())["status"]
+    status = summary[STATUS]
     if not evals and status != "diverged":
-        return None
+        return "finished without an evaluation"
     # Options added since the run was written are at their defaults: what the code that wrote it did.
     config = dataclasses.asdict(Config()) | json.loads((folder / "config.json").read_text())
     return Run(folder, config, status, evals, critical_batch(steps)[0])
@@ -136,14 +149,20 @@ def load_sweeps(runs_dir: Path, names: list[str] | None = None) -> list[SweepRes
         sweep = load_sweep(folder / "sweep.yaml")
         varying = sweep.compared
         groups: dict[tuple, Group] = {}
+        asked, unfinished = collections.Counter(), []
+        names = {p.replace("-", "_"): p for p in sweep.parameters}
         for params in sweep.runs:
+            cell = tuple(params[names[k]] for k in varying)
+            asked[cell] += 1
             run = load_run(folder / sweep.run_name(params))
-            if run is None:
+            if isinstance(run, str):
+                unfinished.append(f"{sweep.run_name(params)} ({run})")
                 continue
-            label = {k: run.config[k] for k in varying}
-            groups.setdefault(tuple(label.values()), Group(label, [])).runs.append(run)
+            groups.setdefault(cell, Group({k: run.config[k] for k in varying}, [])).runs.append(run)
+        for cell, group in groups.items():
+            group.expected = asked[cell]
         if groups:
-            results.append(SweepResult(sweep.name, varying, list(groups.values())))
+            results.append(SweepResult(sweep.name, varying, list(groups.values()), unfinished))
     return results
 
 
@@ -234,6 +253,9 @@ def build(runs_dir: Path, out: Path, tolerance: float = 0.005, names: list[str] 
             blocks += _pivot_section(sweep, base, out)
         else:
             blocks += _sweep_section(sweep, base, sweep is bsweep, out)
+        if sweep.unfinished:
+            blocks.append(("p", f"Not in the {sweep.name} numbers above, {len(sweep.unfinished)} run(s): "
+                                f"{', '.join(sweep.unfinished)}; `largebatch sweep` again finishes them."))
     blocks.append(("p", f"Each run's error is the median of its test-set evaluations in the last 1/18 of "
                         f"training (the paper's last 5 of 90 epochs); ± is the standard deviation over seeds. "
                         f"A batch size holds when its mean is at most the baseline's mean plus max(2 std, "
@@ -277,7 +299,7 @@ def _sweep_section(sweep: SweepResult, base: Group | None, is_batch: bool, out: 
         rows.append(["baseline" if g is base else "", _batch(cfg["global_batch"]), f"{cfg['peak_lr']:.3g}",
                      *[str(cfg[k]) if g is not base else "" for k in sweep.varying if k != "global_batch"],
                      g.cell(), f"{100 * (g.mean - base.mean):+.2f}" if base is not None and g.ok else "",
-                     f"{100 * g.train_mean:.2f}" if g.ok else "", str(len(g.runs))]
+                     f"{100 * g.train_mean:.2f}" if g.ok else "", g.seeds]
                     + ([f"{g.b_simple:.0f}" if math.isfinite(g.b_simple) else ""] if noise else []))
     img = plot_curves(sweep, base, out / f"curves_{sweep.name}.png")
     return [("h2", title), ("table", header, rows),

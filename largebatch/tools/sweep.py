@@ -27,6 +27,7 @@ import yaml
 from ..errors import EXIT_STOPPED, UserError
 from ..training.config import Config, parse_config
 from ..training.launch import SWEEP
+from ..training.metrics import read_summary
 from ..training.preempt import LAUNCHED_BY
 from ..training.recipes import recipe_of
 
@@ -161,7 +162,7 @@ def _finished_elsewhere(out: Path, here: str) -> dict[str, Path]:
         except UserError:
             continue  # a folder we cannot read is simply not reused
         for run in runs:
-            if (run.folder / "summary.json").is_file() and not run.folder.is_symlink():
+            if not run.folder.is_symlink() and read_summary(run.folder) is not None:
                 found.setdefault(run.key(other.program), run.folder)
     return found
 
@@ -187,12 +188,11 @@ def command(sweep: Sweep, run: _Run, report_to: str) -> list[str]:
 
 
 def _outcome(run: _Run, code: int) -> str:
-    summary = run.folder / "summary.json"
     if code == EXIT_STOPPED:
         return "stopped by a signal after a checkpoint (running the sweep again continues it)"
-    if not summary.is_file():
+    result = read_summary(run.folder)
+    if result is None:
         return f"failed (exit status {code})"
-    result = json.loads(summary.read_text())
     if result["status"] == "diverged":
         return "diverged"
     return f"finished: test error {100 * result['test_error']:.2f}%"
@@ -225,7 +225,7 @@ def _still_to_run(sweep: Sweep, runs: list[_Run], out: Path) -> list[_Run]:
     todo = []
     for run in runs:
         twin = elsewhere.get(run.key(sweep.program))
-        if (run.folder / "summary.json").is_file():
+        if read_summary(run.folder) is not None:
             print(f"  {run.name}: already finished")
         elif twin and not run.folder.exists():
             run.folder.symlink_to(os.path.relpath(twin, run.folder.parent))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from ..errors import UserError
+from ..errors import UserError, write_failure
 from .config import Config
 
 PROGRESS = "progress.json"
@@ -50,8 +50,8 @@ def save(accelerator: Accelerator, folder: Path, step: int, progress: dict, keep
     """Save model, optimizer and RNG states, a copy of the metrics `log` and `progress` as checkpoint `step`;
     keep the newest `keep`.
 
-    A failed write (a full disk) removes the partial folder and raises a UserError naming the
-    previous checkpoint, which is left intact.
+    A failed write (a full disk, a file-size limit) removes the partial folder and raises a UserError naming
+    the cause and the previous checkpoint, which is left intact.
     """
     final, tmp = folder / f"step_{step:08d}", folder / f".tmp_step_{step:08d}"
     try:
@@ -70,14 +70,32 @@ def save(accelerator: Accelerator, folder: Path, step: int, progress: dict, keep
             _fsync_tree(folder)
             for old in completed(folder)[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
-    except OSError as e:
+    except Exception as e:  # safetensors and torch raise their own types for a full disk, not OSError
         shutil.rmtree(tmp, ignore_errors=True)
-        previous = completed(folder)
-        kept = f"the previous checkpoint {previous[-1]} is intact; " if previous else ""
-        raise UserError(f"could not write checkpoint {final}: {e.strerror or e}; {kept}free space, then rerun "
-                        f"with --resume") from None
+        raise write_failed(f"checkpoint {final}", e, folder) from None
     accelerator.wait_for_everyone()
     return final
+
+
+def write_failed(what: str, e: Exception, folder: Path) -> UserError:
+    """The one line for a failed write of `what` into a run whose checkpoints are in `folder`: the cause, the
+    newest checkpoint (intact: each is renamed into place only when whole) and the fix."""
+    cause, fix = write_failure(e, folder.parent)
+    previous = completed(folder)
+    kept = f"the previous checkpoint {previous[-1]} is intact; " if previous else ""
+    return UserError(f"could not write {what}: {cause}; {kept}{fix}, then rerun with --resume")
+
+
+def replace_file(path: Path, data: str | bytes, folder: Path) -> None:
+    """Write `path` whole or not at all (a temporary file renamed over it); a failure leaves the old file and
+    no temporary one, and raises `write_failed` for the run whose checkpoints are in `folder`."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_failed(str(path), e, folder) from None
 
 
 def completed(folder: Path) -> list[Path]:

@@ -77,6 +77,10 @@ def train(cfg: Config, data, model: torch.nn.Module, dataset: str = "data") -> d
     try:
         run = prepare(cfg, data, model, dataset, accelerator, lock)
         return train_loop(run) if run else {}
+    except RuntimeError as e:  # torch raises a loader worker's death from its SIGCHLD handler, wherever we are
+        if not str(e).startswith("DataLoader worker"):
+            raise
+        raise UserError(_worker_died(str(e), cfg, run_dir_of(cfg, dataset) / "checkpoints")) from None
     finally:
         lock.release()
         finish(accelerator, callers_group)
@@ -165,7 +169,7 @@ def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator
     model.train()
     run.stepper = Stepper(accelerator, model, optimizer, A, measure_noise)
     run.evaluate = Evaluator(cfg, accelerator, data, micro)
-    run.log = MetricsLog(run.run_dir / "metrics.jsonl", accelerator)
+    run.log = MetricsLog(run.run_dir / "metrics.jsonl", accelerator, run.ckpt_dir)
     _restore(run, resume_from, progress)
     return run
 
@@ -227,7 +231,7 @@ def _open_run_dir(run: Run, world_size: int) -> None:
                 steps_per_epoch=sched.steps_per_epoch, segments=run.segments, sweep=sweep_of())
     if run.accelerator.is_main_process:
         run.run_dir.mkdir(parents=True, exist_ok=True)
-        (run.run_dir / "config.json").write_text(json.dumps(info, indent=2))
+        checkpoint.replace_file(run.run_dir / "config.json", json.dumps(info, indent=2), run.ckpt_dir)
     if uses_wandb(cfg):
         start_wandb(run.accelerator, cfg, run.run_dir, info)
 
@@ -320,6 +324,17 @@ def _stopped(run: Run, signal_name: str, step: int, saved: int) -> Stopped:
         _save(run, step)
     return Stopped(f"{signal_name} received: stopped after step {step} of {run.sched.total_steps} with checkpoint "
                    f"{run.ckpt_dir / f'step_{step:08d}'}; rerun the same command with --resume to continue")
+
+
+def _worker_died(message: str, cfg: Config, ckpt_dir: Path) -> str:
+    """The one line for a data-loading worker that died (torch: "DataLoader worker (pid 123) is killed by signal:
+    Killed."): which, the likely cause, and the checkpoint --resume continues from."""
+    what = message.strip().splitlines()[0].rstrip(". ")
+    oom = "; a SIGKILL is most often the out-of-memory killer" if what.endswith("Killed") else ""
+    kept = checkpoint.completed(ckpt_dir)
+    resume = f"; the checkpoint {kept[-1]} is intact" if kept else ""
+    return (f"a data-loading worker died ({what}){oom}; give the job more memory or fewer --workers (now "
+            f"{cfg.workers}), then rerun with --resume{resume}")
 
 
 def _divergence(run: Run, what: str, step: int, lr: float) -> str:

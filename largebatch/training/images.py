@@ -28,6 +28,7 @@ import json
 import math
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -127,8 +128,19 @@ class ImageBatch:
         try:
             return decode_image(blob, mode=ImageReadMode.RGB)
         except RuntimeError as e:
-            raise UserError(f"cannot decode {name} ({str(e).strip().splitlines()[0][:120]}); replace or remove "
-                            f"the file") from None
+            raise UserError(f"cannot decode {name} ({_reason(e)}); replace or remove the file") from None
+
+
+def _reason(e: RuntimeError) -> str:
+    """torchvision's message without the C++ location it starts with ("decode_jpeg, /path/decode_jpeg.cpp:171, ")."""
+    return re.sub(r"^\w+, \S+:\d+, ", "", str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+
+
+def _read(name: str) -> torch.Tensor:
+    try:
+        return read_file(name)
+    except RuntimeError as e:  # torchvision's type for an empty, vanished or unreadable file
+        raise UserError(f"cannot read {name} ({_reason(e)}); replace or remove the file") from None
 
 
 class FolderSource:
@@ -161,7 +173,7 @@ class FolderSource:
         return str(self.folder / self.files[i].decode())
 
     def read(self, indices: list[int]) -> list[torch.Tensor]:
-        return [read_file(self.name(i)) for i in indices]
+        return [_read(self.name(i)) for i in indices]
 
 
 class ShardSource:

@@ -10,6 +10,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from ..errors import UserError
+from .checkpoint import replace_file, write_failed
 
 # The names a run logs, to metrics.jsonl and W&B. The engine writes them and `largebatch report` and
 # `largebatch dashboard` read them, so a rename here is a rename everywhere.
@@ -19,13 +20,14 @@ GAIN, TAU = "gain", "tau"  # AdaScale's steps
 TRAIN_ERROR, TEST_ERROR, TEST_LOSS = "train_error", "test_error", "test_loss"  # every evaluation
 # summary.json (and the W&B run summary): the outcome, and the paper's statistic of a run's test error.
 STATUS, FINAL_TEST_ERROR = "status", "final_test_error"
+SUMMARY = "summary.json"
 
 
 class MetricsLog:
     """Appends JSON rows on the main process; `start` continues from a checkpoint's copy of the log."""
 
-    def __init__(self, path: Path, accelerator: Accelerator):
-        self.path, self.accelerator = path, accelerator
+    def __init__(self, path: Path, accelerator: Accelerator, checkpoints: Path):
+        self.path, self.accelerator, self.checkpoints = path, accelerator, checkpoints
 
     def start(self, saved: Path | None) -> None:
         """Begin the log afresh (`saved` None) or continue the one `saved` in a checkpoint: rows written after
@@ -41,14 +43,19 @@ class MetricsLog:
             return
         print(f"warning: {self.path} does not match checkpoint's copy of it ({len(current)} bytes, "
               f"{len(kept)} saved); rebuilt from {saved}", file=sys.stderr)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_bytes(kept)
-        os.replace(tmp, self.path)
+        replace_file(self.path, kept, self.checkpoints)
 
     def log(self, row: dict, step: int) -> None:
         if self.accelerator.is_main_process:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            line = memoryview((json.dumps(row) + "\n").encode())
+            with open(self.path, "ab", buffering=0) as f:  # unbuffered: a failure surfaces here, not at close
+                end = f.seek(0, os.SEEK_END)
+                try:
+                    while line:
+                        line = line[f.write(line):]
+                except OSError as e:
+                    f.truncate(end)  # no half row: the log stays readable (truncating needs no space)
+                    raise write_failed(str(self.path), e, self.checkpoints) from None
         self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
 
 
@@ -67,10 +74,25 @@ def write_summary(run_dir: Path, status: str, **extra) -> dict:
     _, evals = read_metrics(run_dir / "metrics.jsonl")
     summary = {STATUS: status, **(evals[-1] if evals else {}),
                **({FINAL_TEST_ERROR: final_error(evals)} if evals else {}), **extra}
-    tmp = run_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, run_dir / "summary.json")
+    replace_file(run_dir / SUMMARY, json.dumps(summary, indent=2), run_dir / "checkpoints")
     return summary
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    """The run's summary.json; None while the run is not over. A damaged one (not the JSON object with a status
+    that `write_summary` writes) is None too, with a warning: resuming the run writes it again."""
+    path = Path(run_dir) / SUMMARY
+    try:
+        summary = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        summary = None
+    if isinstance(summary, dict) and summary.get(STATUS) in ("finished", "diverged"):
+        return summary
+    print(f"warning: {path} is damaged (not a finished run's summary); taking the run as unfinished: resuming it "
+          f"(`largebatch sweep` again, or its command with --resume) writes it again", file=sys.stderr)
+    return None
 
 
 def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:

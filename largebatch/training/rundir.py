@@ -9,6 +9,7 @@ names the holder. (On a shared file system the lock is as good as its `flock`: N
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
@@ -18,7 +19,7 @@ from pathlib import Path
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
-from ..errors import UserError
+from ..errors import UserError, write_failure
 from .config import Config
 
 LOCK = ".lock"
@@ -69,11 +70,17 @@ class FolderLock:
         if not os.access(run_dir, os.W_OK):
             handle.close()
             return f"cannot write in --run-dir {run_dir} (read-only); choose a folder you can write to"
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"the run of pid {os.getpid()} on {socket.gethostname()} (started "
-                     f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n")
-        handle.flush()
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"the run of pid {os.getpid()} on {socket.gethostname()} (started "
+                         f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+            handle.flush()
+        except OSError as e:  # a full disk: nothing of the run could be written either
+            with contextlib.suppress(OSError):  # closes the file even when its last flush fails again
+                handle.close()
+            cause, fix = write_failure(e, run_dir)
+            return f"cannot write in --run-dir {run_dir} ({cause}); {fix}"
         self.handle = handle
         return None
 

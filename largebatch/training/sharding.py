@@ -16,6 +16,8 @@ import signal
 
 import torch
 
+from ..errors import UserError
+
 
 @functools.lru_cache(maxsize=2)  # a loader worker asks for the same epoch's order at every micro-batch
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
@@ -52,7 +54,7 @@ class _Batches(torch.utils.data.Dataset):
         return len(self.index_lists)
 
     def __getitem__(self, k):
-        return self.fetch(self.index_lists[k])
+        return _made(self.fetch, self.index_lists[k])
 
 
 class _RankStream(torch.utils.data.Dataset):
@@ -70,23 +72,45 @@ class _RankStream(torch.utils.data.Dataset):
     def __getitem__(self, k):
         step, a = divmod(k, self.split[2])
         indices, epochs = stream_steps(*self.stream, self.first + step, 1)
-        return self.fetch(micro_batches(indices[0], *self.split)[a], micro_batches(epochs[0], *self.split)[a])
+        return _made(self.fetch, micro_batches(indices[0], *self.split)[a], micro_batches(epochs[0], *self.split)[a])
 
 
-def _loader(dataset, workers: int, persistent: bool) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
-                                       persistent_workers=persistent and workers > 0,
-                                       pin_memory=torch.cuda.is_available(), worker_init_fn=_ignore_ctrl_c)
+def _made(fetch, *args):
+    """`fetch(*args)`, or the UserError it raised (a bad image), returned: raised in a loader worker, torch would
+    re-raise it as "Caught UserError in DataLoader worker process 0." with the worker's traceback inside."""
+    try:
+        return fetch(*args)
+    except UserError as e:
+        return e
 
 
-def batch_loader(fetch, index_lists: list[torch.Tensor], workers: int) -> torch.utils.data.DataLoader:
+class _Loader:
+    """A DataLoader whose items may be a UserError met making them: iterating raises it as it was."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader):
+        self.loader = loader
+
+    def __iter__(self):
+        for item in self.loader:
+            if isinstance(item, UserError):
+                raise item
+            yield item
+
+
+def _loader(dataset, workers: int, persistent: bool) -> _Loader:
+    return _Loader(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
+                                               persistent_workers=persistent and workers > 0,
+                                               pin_memory=torch.cuda.is_available(), worker_init_fn=_ignore_ctrl_c))
+
+
+def batch_loader(fetch, index_lists: list[torch.Tensor], workers: int) -> _Loader:
     """A loader yielding `fetch(indices)` for each index tensor in order, decoded in `workers` processes that
     stay up between passes (an evaluation reads the same batches every time)."""
     return _loader(_Batches(fetch, index_lists), workers, persistent=True)
 
 
 def stream_loader(fetch, num_examples: int, global_batch: int, seed: int, rank: int, world_size: int,
-                  accumulation: int, first: int, steps: int, workers: int) -> torch.utils.data.DataLoader:
+                  accumulation: int, first: int, steps: int, workers: int) -> _Loader:
     """A loader yielding `fetch(indices, epochs)` for this rank's micro-batches of optimizer steps
     first ... first + steps - 1, in order."""
     return _loader(_RankStream(fetch, num_examples, global_batch, seed, rank, world_size, accumulation, first, steps),
