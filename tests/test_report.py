@@ -31,7 +31,7 @@ def _run(folder, errors, status="finished", noise=None, **config):
     folder.mkdir(parents=True)
     b = config["global_batch"]
     config = dict(dataclasses.asdict(Config(epochs=6, warmup_epochs=1)), dataset="fashion-mnist",
-                  peak_lr=0.1 * b / 256, **config)
+                  peak_lr=0.1 * b / 256, steps_per_epoch=60000 / b, **config)
     (folder / "config.json").write_text(json.dumps(config))
     epochs = [1, 2, 3, 4, 5, 6][: 6 - len(errors)] + [6 - 0.15 * (len(errors) - 1 - i) for i in range(len(errors))]
     rows = [dict(step=0, epoch=0.1, lr=0.1, loss=2.0, examples=b)]
@@ -75,17 +75,24 @@ def test_report_numbers(runs, tmp_path, capsys):
     assert ("**Linear scaling + warmup holds up to B = 1024**: 10.50 ± 0.14% test error against the B = 256 "
             "baseline (10.10 ± 0.14% test error), within 0.50 points. At B = 2048 it breaks: 12.20 ± 0.28% "
             "(+2.10 points).") in md
-    assert "| baseline | 256 | 0.1 | 10.10 ± 0.14 | +0.00 | 25.00 | 2 |  |" in md
-    assert "|  | 512 | 0.2 | 10.40 ± 0.14 | +0.30 | 25.00 | 2 |  |" in md
-    assert "|  | 2k | 0.8 | 12.20 ± 0.28 | +2.10 | 25.00 | 2 | 600 |" in md
+    assert "| baseline | 256 | 0.1 | 10.10 ± 0.14 | +0.00 | 25.00 | 2 (10.00–10.20) |  |" in md
+    assert "|  | 512 | 0.2 | 10.40 ± 0.14 | +0.30 | 25.00 | 2 (10.30–10.50) |  |" in md
+    assert "|  | 2k | 0.8 | 12.20 ± 0.28 | +2.10 | 25.00 | 2 (12.00–12.40) | 600 |" in md
+    assert "Fewer than 5 seeds (the paper's 5): B=256 (2), B=512 (2), B=1k (2), B=2k (2)" in md
+    # Steps to result, target 10.10 + 0.50 = 10.60%: 256's seeds first reach it at epochs 5.7 and 6 of 234.375
+    # steps each (1336, 1406; geometric mean 1371); 512's both at epoch 6 (703); 2k never.
+    assert "at most 10.60% test error (the baseline's 10.10% + 0.50 points)" in md
+    assert "| 256 | 1371 | 1336–1406 | 2 of 2 | 1371 | 1.00 |" in md
+    assert "| 512 | 703 | 703–703 | 2 of 2 | 685 | 0.97 |" in md and "| 2k | never |  | 0 of 2 | 171 |  |" in md
+    assert (out / "steps_vs_batch.png").stat().st_size > 0
     assert "at the peak learning rate (McCandlish et al.'s estimate of the critical batch), measured in the runs " \
            "with accumulation: 600 at B = 2k." in md
     # The warmup table in the paper's form: the baseline row first, then each warmup at B = 1k.
     assert "## Warmup at B = 1k" in md
-    assert "| baseline | 256 | 0.1 |  | 10.10 ± 0.14 | +0.00 | 25.00 | 2 |" in md
-    assert "|  | 1k | 0.4 | none | 14.00 ± 1.41 | +3.90 | 25.00 | 2 |" in md
+    assert "| baseline | 256 | 0.1 |  | 10.10 ± 0.14 | +0.00 | 25.00 | 2 (10.00–10.20) |" in md
+    assert "|  | 1k | 0.4 | none | 14.00 ± 1.41 | +3.90 | 25.00 | 2 (13.00–15.00) |" in md
     assert "|  | 1k | 0.4 | constant | 20.00 (1 of 2 diverged) | +9.90 | 25.00 | 2 |" in md
-    assert "|  | 1k | 0.4 | gradual | 10.50 ± 0.14 | +0.40 | 25.00 | 2 |" in md
+    assert "|  | 1k | 0.4 | gradual | 10.50 ± 0.14 | +0.40 | 25.00 | 2 (10.40–10.60) |" in md
     for png in ("error_vs_batch.png", "curves_batch_size.png", "curves_warmup.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"({png})" in md

@@ -120,7 +120,8 @@ def steps_vs_batch(batches: list[int], ticks: list[str], steps: list[tuple[float
     ok = [i for i, s in enumerate(steps) if s is not None]
     means = [steps[i][0] for i in ok]
     ax.errorbar([batches[i] for i in ok], means,
-                yerr=[[m - steps[i][1] for m, i in zip(means, ok)], [steps[i][2] - m for m, i in zip(means, ok)]],
+                yerr=[[max(0, m - steps[i][1]) for m, i in zip(means, ok)],  # the geometric mean of equal
+                      [max(0, steps[i][2] - m) for m, i in zip(means, ok)]],  # values can round past them
                 fmt="-o", capsize=3, label="steps to the target (mean and min-max over seeds)")
     never = [b for b, s in zip(batches, steps) if s is None]
     if never:

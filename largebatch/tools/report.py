@@ -21,13 +21,14 @@ from ..errors import UserError
 from ..training.config import Config
 from ..training.metrics import STATUS, SUMMARY, final_error, read_metrics, read_summary
 from ..training.noise import critical_batch
-from . import figures
+from . import figures, steps
 from .sweep import load_sweep
 
 TITLES = {"warmup": "Warmup", "bn": "BatchNorm statistics", "wd_scaling": "Weight decay",
           "base_lr": "Learning-rate sensitivity", "momentum_form": "Momentum form", "optimizer": "Optimizer",
           "lr_scaling": "Scaling rule", "zero_init_last": "Zero-γ init", "bn_batch": "BN group size n",
           "global_batch": "minibatch size"}
+SEEDS = 5  # the paper's seeds per point: fewer are flagged
 # The paper's top-1 error at kn = 8k (ImageNet, ResNet-50, mean ± std of 5 where it gives one) for the options its
 # tables vary: Table 1 (warmup), Table 2a (rate, scaling rule), Table 2b (zero-γ). Its kn = 256 baseline: 23.60.
 PAPER_8K = {"warmup": {"none": "24.84 ± 0.37", "constant": "25.88 ± 0.56", "gradual": "23.74 ± 0.09"},
@@ -93,6 +94,12 @@ class Group:
             return "diverged" + left_out
         text = f"{100 * self.mean:.2f}" + (f" ± {100 * self.std:.2f}" if len(self.ok) > 1 else "")
         return text + (f" ({diverged} of {len(self.runs)} diverged)" if diverged else "") + left_out
+
+    @property
+    def spread(self) -> str:
+        """The seeds' count, and their lowest and highest error in percent when there are several."""
+        errors = [100 * r.error for r in self.ok]
+        return self.seeds + (f" ({min(errors):.2f}–{max(errors):.2f})" if len(errors) > 1 else "")
 
     def curve(self) -> tuple[list[float], list[float]]:
         """Training error per evaluation, averaged over the seeds that finished."""
@@ -246,6 +253,7 @@ def build(runs_dir: Path, out: Path, tolerance: float = 0.005, names: list[str] 
                                             for g in measured) + "."))
         img = plot_error_vs_batch(bsweep, base, band, out / "error_vs_batch.png")
         blocks.append(("img", img.name, "test error against global minibatch size"))
+        blocks += _steps_section(bsweep, base, base.mean + tolerance, out)
     for sweep in sweeps:
         if sweep.varying == ["epochs", "global_batch"]:
             blocks += _budget_section(sweep, tolerance, bsweep.constant("epochs") if bsweep else None)
@@ -292,18 +300,51 @@ def _sweep_section(sweep: SweepResult, base: Group | None, is_batch: bool, out: 
     title = section_title(sweep.name, sweep.varying, sweep.constant("global_batch"))
     noise = any(math.isfinite(g.b_simple) for g in sweep.groups)
     header = ["", "kn", "η", *[k.replace("_", "-") for k in sweep.varying if k != "global_batch"],
-              "test error %", "Δ vs baseline", "train error %", "seeds"] + (["B_simple"] if noise else [])
+              "test error %", "Δ vs baseline", "train error %", "seeds (min–max %)"] + (["B_simple"] if noise else [])
     rows = []
     for g in ([base] if base is not None and not is_batch else []) + sweep.groups:
         cfg = g.runs[0].config
         rows.append(["baseline" if g is base else "", _batch(cfg["global_batch"]), f"{cfg['peak_lr']:.3g}",
                      *[str(cfg[k]) if g is not base else "" for k in sweep.varying if k != "global_batch"],
                      g.cell(), f"{100 * (g.mean - base.mean):+.2f}" if base is not None and g.ok else "",
-                     f"{100 * g.train_mean:.2f}" if g.ok else "", g.seeds]
+                     f"{100 * g.train_mean:.2f}" if g.ok else "", g.spread]
                     + ([f"{g.b_simple:.0f}" if math.isfinite(g.b_simple) else ""] if noise else []))
+    few = [g for g in sweep.groups if len(g.ok) < SEEDS]
+    note = ([("p", f"Fewer than {SEEDS} seeds (the paper's {SEEDS}): "
+                   + ", ".join(f"{_label(g.label)} ({len(g.ok)})" for g in few)
+                   + "; their ± understates the spread, and a verdict on them can change with more.")] if few else [])
     img = plot_curves(sweep, base, out / f"curves_{sweep.name}.png")
-    return [("h2", title), ("table", header, rows),
+    return [("h2", title), ("table", header, rows), *note,
             ("img", img.name, f"training error over epochs, {sweep.name}, against the baseline")]
+
+
+def _steps_section(sweep: SweepResult, base: Group, target: float, out: Path) -> list[tuple]:
+    """Steps to result (steps.py): the optimizer steps each batch needs to first reach `target`, against the
+    perfect-scaling line through the smallest batch that reached it."""
+    groups = sorted(sweep.groups, key=lambda g: g.label["global_batch"])
+    batches = [g.label["global_batch"] for g in groups]
+    stats = [steps.summarize([steps.steps_to_target(r.evals, r.config["steps_per_epoch"], target) for r in g.ok])
+             for g in groups]
+    perfect = steps.perfect_scaling(batches, [m for m, *_ in stats])
+    rows = []
+    for g, (mean, lo, hi, missed), ideal in zip(groups, stats, perfect or [math.nan] * len(groups)):
+        reached = len(g.ok) - missed
+        rows.append([_batch(g.label["global_batch"]), f"{mean:.0f}" if reached else "never",
+                     f"{lo}–{hi}" if reached > 1 else "", f"{reached} of {len(g.ok)}",
+                     f"{ideal:.0f}" if math.isfinite(ideal) else "",
+                     f"{ideal / mean:.2f}" if reached and math.isfinite(ideal) else ""])
+    img = figures.steps_vs_batch(batches, [_batch(b) for b in batches],
+                                 [(m, lo, hi) if math.isfinite(m) else None for m, lo, hi, _ in stats], perfect,
+                                 f"{100 * target:.2f}% test error", out / "steps_vs_batch.png")
+    return [("h2", "Steps to result"),
+            ("p", f"Optimizer steps until a run's evaluation first shows at most {100 * target:.2f}% test error "
+                  f"(the baseline's {100 * base.mean:.2f}% + {100 * (target - base.mean):.2f} points), as Shallue "
+                  f"et al. 2019 measure data parallelism: where doubling B halves the steps (efficiency 1), twice "
+                  f"the devices train twice as fast; where the steps stop falling, more devices buy nothing. Read "
+                  f"to the evaluation interval; geometric mean over the seeds that reached it."),
+            ("table", ["kn", "steps to target", "seeds' min–max", "seeds that reached it", "perfect scaling",
+                       "efficiency"], rows),
+            ("img", img.name, "optimizer steps to the target error against the global batch, log-log")]
 
 
 def _pivot_section(sweep: SweepResult, base: Group | None, out: Path) -> list[tuple]:
