@@ -4,6 +4,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -31,8 +32,12 @@ STOP_FILE = "LARGEBATCH_STOP_FILE"
 
 def exit_with(e: UserError | Stopped):
     """End the process with `e`'s one line on stderr ("error: ..." or "stopped: ...", a stop on rank 0 only,
-    as every rank stops together) and its exit status: 2 for a UserError, EXIT_STOPPED for a stop."""
+    as every rank stops together) and its exit status: 2 for a UserError, EXIT_STOPPED for a stop, which
+    further SIGTERMs and SIGINTs no longer interrupt (the interpreter's shutdown takes seconds)."""
     stopped, rank0 = isinstance(e, Stopped), os.environ.get("RANK", "0") == "0"
+    if stopped:  # the checkpoint is written: a repeated Ctrl-C or SLURM's next SIGTERM must not turn 75 into a kill
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
     line = f"{'stopped' if stopped else 'error'}: {e}"
     if not stopped or rank0:
         print(line, file=sys.stderr, flush=True)

@@ -88,6 +88,23 @@ def test_signal_checkpoints_the_step_and_resume_is_identical(sig, straight, smal
 
 
 @pytest.mark.slow
+def test_a_second_signal_after_the_stop_line_does_not_kill_the_stopped_run(small_fmnist, tmp_path):
+    """Ctrl-C twice, or SLURM's repeated SIGTERM: the checkpoint is written, so the run still exits 75, not 143."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen(launch_command(RECIPE, _args(small_fmnist, run), 1), cwd=ROOT, env=launch_env(1),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for(run / "checkpoints/step_00000004", proc)
+    proc.send_signal(signal.SIGTERM)
+    for line in proc.stderr:
+        if line.startswith("stopped: "):
+            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGINT)
+            break
+    proc.communicate(timeout=120)
+    assert proc.returncode == STOPPED
+
+
+@pytest.mark.slow
 def test_sigterm_to_the_launcher_checkpoints_every_rank(straight, small_fmnist, tmp_path):
     """torchrun forwards the launcher's SIGTERM to its workers; they finish the step and checkpoint together."""
     run = tmp_path / "run"

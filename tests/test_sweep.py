@@ -202,3 +202,14 @@ def test_a_damaged_summary_is_run_again_not_taken_as_finished(tmp_path, capsys, 
     assert [r.name for r in todo] == ["global-batch=256"]  # resumed: its last checkpoint rewrites the summary
     assert "global-batch=128: already finished" in out.out and "global-batch=256: already" not in out.out
     assert "global-batch=256/summary.json is damaged" in out.err
+
+
+def test_a_run_killed_by_a_signal_is_said_so(tmp_path):
+    from types import SimpleNamespace
+
+    from largebatch.tools.sweep import _outcome
+
+    run = SimpleNamespace(folder=tmp_path)
+    assert _outcome(run, -15) == "failed (killed by SIGTERM)"
+    assert _outcome(run, 75).startswith("stopped by a signal after a checkpoint")
+    assert _outcome(run, 1) == "failed (exit status 1)"

@@ -16,6 +16,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -192,7 +193,7 @@ def _outcome(run: _Run, code: int) -> str:
         return "stopped by a signal after a checkpoint (running the sweep again continues it)"
     result = read_summary(run.folder)
     if result is None:
-        return f"failed (exit status {code})"
+        return f"failed (killed by {signal.Signals(-code).name})" if code < 0 else f"failed (exit status {code})"
     if result["status"] == "diverged":
         return "diverged"
     return f"finished: test error {100 * result['test_error']:.2f}%"

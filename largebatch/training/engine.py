@@ -82,8 +82,9 @@ def train(cfg: Config, data, model: torch.nn.Module, dataset: str = "data") -> d
             raise
         raise UserError(_worker_died(str(e), cfg, run_dir_of(cfg, dataset) / "checkpoints")) from None
     finally:
-        lock.release()
-        finish(accelerator, callers_group)
+        with StopSignals():  # a second Ctrl-C or SLURM's repeated SIGTERM must not kill the teardown of a stop
+            lock.release()
+            finish(accelerator, callers_group)
 
 
 def train_loop(run: Run) -> dict:
