@@ -105,6 +105,21 @@ def test_a_second_signal_after_the_stop_line_does_not_kill_the_stopped_run(small
 
 
 @pytest.mark.slow
+def test_signal_during_start_up_stops_after_the_first_step(small_fmnist, tmp_path):
+    """SLURM's warning before a short time limit can land while the run starts up (here: once config.json is
+    written, before the first step): it takes one step, checkpoints it and stops, so a requeued job makes
+    progress (it used to die of the signal with nothing saved)."""
+    run = tmp_path / "run"
+    proc = _start(_args(small_fmnist, run), 1)
+    _wait_for(run / "config.json", proc)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == STOPPED, output[-3000:]
+    step = int(_stop_line(output).split("stopped after step ")[1].split()[0])
+    assert 1 <= step < 32 and (run / f"checkpoints/step_{step:08d}").is_dir()
+
+
+@pytest.mark.slow
 def test_sigterm_to_the_launcher_checkpoints_every_rank(straight, small_fmnist, tmp_path):
     """torchrun forwards the launcher's SIGTERM to its workers; they finish the step and checkpoint together."""
     run = tmp_path / "run"

@@ -72,25 +72,29 @@ def train(cfg: Config, data, model: torch.nn.Module, dataset: str = "data") -> d
     """
     callers_group = dist.is_initialized()
     die_with_launcher()
-    accelerator = make_accelerator(cfg)
-    lock = FolderLock()
-    try:
-        run = prepare(cfg, data, model, dataset, accelerator, lock)
-        return train_loop(run) if run else {}
-    except RuntimeError as e:  # torch raises a loader worker's death from its SIGCHLD handler, wherever we are
-        if not str(e).startswith("DataLoader worker"):
-            raise
-        raise UserError(_worker_died(str(e), cfg, run_dir_of(cfg, dataset) / "checkpoints")) from None
-    finally:
-        with StopSignals():  # a second Ctrl-C or SLURM's repeated SIGTERM must not kill the teardown of a stop
+    # From the start, not just the loop: SLURM's warning before a short time limit can come while the run
+    # starts up (it then stops after its first step, with a checkpoint), and a second Ctrl-C or SLURM's
+    # repeated SIGTERM must not kill the teardown of a stop.
+    with StopSignals() as stop:
+        accelerator = make_accelerator(cfg)
+        lock = FolderLock()
+        try:
+            run = prepare(cfg, data, model, dataset, accelerator, lock)
+            return train_loop(run, stop) if run else {}
+        except RuntimeError as e:  # torch raises a loader worker's death from its SIGCHLD handler, wherever we are
+            if not str(e).startswith("DataLoader worker"):
+                raise
+            raise UserError(_worker_died(str(e), cfg, run_dir_of(cfg, dataset) / "checkpoints")) from None
+        finally:
             lock.release()
             finish(accelerator, callers_group)
 
 
-def train_loop(run: Run) -> dict:
+def train_loop(run: Run, stop: StopSignals) -> dict:
     """Optimizer steps until the schedule's progress reaches its end, evaluating and checkpointing when due.
 
-    On SIGTERM or SIGINT every rank finishes the step in flight, a checkpoint is written and `Stopped` raised.
+    Once `stop` has noted SIGTERM or SIGINT (on any rank), every rank finishes the step in flight, a
+    checkpoint is written and `Stopped` raised.
     """
     cfg, sched, acc = run.cfg, run.sched, run.accelerator
     total, per_epoch = sched.total_steps, sched.steps_per_epoch
@@ -101,21 +105,20 @@ def train_loop(run: Run) -> dict:
     last_eval, step, saved = {}, run.start, run.start
     batches = _stream_batches(run, run.start, total - run.start)  # steps <= total: AdaScale's gain is >= 1
     try:
-        with StopSignals() as stop:
-            while run.tau < total:
-                gain = adascale_gain(*run.noise.estimates(), cfg.base_batch, sched.scale) if sched.adascale else 1.0
-                lr = lr_at(run.tau, sched, gain)
-                run.stepper.set_lr(lr)
-                stats = run.stepper.step(batches)
-                _log_step(run, step, lr, gain, stats, bar)
-                run.tau += gain if sched.gained else 1
-                step += 1
-                if step % eval_steps == 0 or run.tau >= total:
-                    last_eval = _evaluate(run, step - 1, bar)
-                if step % ckpt_steps == 0 or run.tau >= total:
-                    saved = _save(run, step)
-                if run.tau < total and (signal_name := stop_agreed(stop, acc)):
-                    raise _stopped(run, signal_name, step, saved)
+        while run.tau < total:
+            gain = adascale_gain(*run.noise.estimates(), cfg.base_batch, sched.scale) if sched.adascale else 1.0
+            lr = lr_at(run.tau, sched, gain)
+            run.stepper.set_lr(lr)
+            stats = run.stepper.step(batches)
+            _log_step(run, step, lr, gain, stats, bar)
+            run.tau += gain if sched.gained else 1
+            step += 1
+            if step % eval_steps == 0 or run.tau >= total:
+                last_eval = _evaluate(run, step - 1, bar)
+            if step % ckpt_steps == 0 or run.tau >= total:
+                saved = _save(run, step)
+            if run.tau < total and (signal_name := stop_agreed(stop, acc)):
+                raise _stopped(run, signal_name, step, saved)
     except NonFinite as e:
         message = _divergence(run, e.what, step, lr)
         if acc.is_main_process:
