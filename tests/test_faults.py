@@ -106,6 +106,9 @@ def test_resume_with_allowed_change_of_batch(tmp_path, small_fmnist):
     assert refused.returncode == 2 and "--allow-change epochs" in refused.stderr
     out = launch(RECIPE, _args(small_fmnist, run, "--epochs", 2, "--resume", "--allow-change", "epochs"))
     assert "epochs 1.0 -> 2.0" in out.stderr and "resuming from" in out.stdout
+    # The 2-epoch schedule places its decays later: at step 8 it is back at 0.01 where the 1-epoch run ended at 1e-4.
+    assert ("warning: the changed options reschedule the rate: 0.0001 at step 7 under the checkpoint's options, "
+            "0.01 at step 8 under these (100x up)") in out.stderr
     assert len(step_losses(run)) == 16
 
 

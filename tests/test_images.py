@@ -129,6 +129,11 @@ def test_bad_folders_and_files_are_one_line(imagenet, tmp_path):
         load_imagenet(str(tmp_path / "bad"))
     (tmp_path / "bad" / "val" / "b").rename(tmp_path / "bad" / "val" / "a")
     (tmp_path / "bad" / "val" / "a" / "y.JPEG").write_bytes(b"")
+    (tmp_path / "bad" / "train" / "c").mkdir()  # a class whose images were not copied
+    with pytest.raises(UserError, match=r"train/c holds no images \(1 empty class folder\(s\) in all; .*remove the "
+                                        r"folder to train without that class"):
+        load_imagenet(str(tmp_path / "bad"))
+    (tmp_path / "bad" / "train" / "c").rmdir()
     (tmp_path / "bad" / "train" / "a" / "z.JPEG").write_bytes(b"")  # a copy cut off before its first byte
     data = load_imagenet(str(tmp_path / "bad"))
     with pytest.raises(UserError) as e:

@@ -294,3 +294,18 @@ def test_worker_whose_launcher_is_already_gone_does_not_train(marker):
                             text=True)
     assert orphan.returncode != 0 and "went on" not in orphan.stdout
     assert "launcher that started this process is gone" in orphan.stderr
+
+
+def test_a_resume_refused_for_another_batch_says_nothing_of_splits(tmp_path, capsys):
+    """Another global batch is another configuration, refused as such, without first announcing 'another split'."""
+    step = tmp_path / "checkpoints/step_00000004"
+    step.mkdir(parents=True)
+    (step / checkpoint.LOG).write_text("")
+    written = Config(global_batch=512, micro_batch=64)
+    (step / checkpoint.PROGRESS).write_text(json.dumps(dict(
+        files=checkpoint._manifest(step), config=written.trajectory(), dataset={}, step=4,
+        segments=[dict(step=0, world_size=1, micro_batch=64, accumulation=8)])))
+    with pytest.raises(UserError, match=r"another configuration \(global_batch 512 -> 256\)"):
+        checkpoint.resume_point(Config(global_batch=256, micro_batch=64, resume=True), tmp_path / "checkpoints", {},
+                                "plain (DDP or one process)", dict(world_size=1, micro_batch=64, accumulation=4))
+    assert "split" not in capsys.readouterr().err

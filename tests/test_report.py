@@ -152,6 +152,21 @@ def test_compare_says_whether_each_large_batch_matched(tmp_path, capsys):
     assert (tmp_path / "c.png").stat().st_size > 10_000
 
 
+def test_compare_gives_no_verdict_on_an_unfinished_run(tmp_path, capsys):
+    _run(tmp_path / "b256", [0.0919], global_batch=256, accumulation_steps=1, micro_batch_used=256, warmup_steps=0)
+    _run(tmp_path / "b1024", [0.0968], global_batch=1024, accumulation_steps=4, micro_batch_used=256, warmup_steps=9)
+    (tmp_path / "b1024/summary.json").unlink()  # stopped at its last evaluation, epoch 6 of 8
+    config = json.loads((tmp_path / "b1024/config.json").read_text())
+    (tmp_path / "b1024/config.json").write_text(json.dumps(dict(config, epochs=8)))
+    main(["compare", str(tmp_path / "b256"), str(tmp_path / "b1024"), "--plot", str(tmp_path / "c.png")])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[2].endswith("9.68  (not finished: epoch 6.0 of 8)"), out[2]
+    assert out[-1] == "B = 1024: no verdict, the run is not finished: epoch 6.0 of 8; finish it with --resume"
+    main(["compare", str(tmp_path / "b1024"), str(tmp_path / "b256"), "--plot", str(tmp_path / "c.png")])
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        "no verdicts: the baseline B = 1024 is not finished: epoch 6.0 of 8; finish it with --resume")
+
+
 def test_report_of_chosen_sweeps(runs, tmp_path, capsys):
     # Sweeps at another budget share the folder: --sweeps keeps a report to those named.
     out = tmp_path / "only"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import Stopped, UserError, exit_with
 from ..training import noise
-from ..training.metrics import read_metrics
+from ..training.metrics import STATUS, read_metrics, read_summary
 from ..training.recipes import RECIPES, run_recipe
 from . import figures, plan
 from .dashboard import SWEEP_FILES, dashboard
@@ -30,21 +30,31 @@ def compare(run_dirs: list[str], plot: str, band: float = 0.5) -> str:
         _, evals = read_metrics(run / "metrics.jsonl")
         if not evals:
             raise UserError(f"{run} has no evaluation yet")
-        last = evals[-1]
+        last, summary = evals[-1], read_summary(run)
+        unfinished = None if summary and summary[STATUS] == "finished" else (
+            "diverged" if summary else f"not finished: epoch {last['epoch']:.1f} of {cfg['epochs']:g}")
         labels.append(f"B={cfg['global_batch']}")
-        finals.append((cfg, 100 * last["test_error"]))
+        finals.append((cfg, 100 * last["test_error"], unfinished))
         rows.append(f"{run.name:<28} {cfg['global_batch']:>6} {cfg['accumulation_steps']:>5} {cfg['peak_lr']:>7.3g} "
                     f"{cfg['warmup'] if cfg['warmup_steps'] else 'none':>8} {last['epoch']:>6.1f} "
-                    f"{100 * last['train_error']:>8.2f} {100 * last['test_error']:>8.2f}")
+                    f"{100 * last['train_error']:>8.2f} {100 * last['test_error']:>8.2f}"
+                    + (f"  ({unfinished})" if unfinished else ""))
     figures.training_curves(list(map(Path, run_dirs)), labels, Path(plot))
     header = f"{'run':<28} {'B':>6} {'accum':>5} {'lr':>7} {'warmup':>8} {'epoch':>6} {'train %':>8} {'test %':>8}"
     return "\n".join([header, *rows, f"training curves: {plot}", *_verdicts(finals, band)])
 
 
-def _verdicts(finals: list[tuple[dict, float]], band: float) -> list[str]:
-    """One line per run after the first: did it land within `band` points of the first run's test error?"""
-    (base, base_error), lines = finals[0], []
-    for cfg, error in finals[1:]:
+def _verdicts(finals: list[tuple[dict, float, str | None]], band: float) -> list[str]:
+    """One line per run after the first: did it land within `band` points of the first run's test error? None
+    for a run that did not finish (its error is not the run's), nor against a baseline that did not."""
+    (base, base_error, base_unfinished), lines = finals[0], []
+    if base_unfinished:
+        return [f"no verdicts: the baseline B = {base['global_batch']} is {base_unfinished}; finish it with --resume"]
+    for cfg, error, unfinished in finals[1:]:
+        if unfinished:
+            lines.append(f"B = {cfg['global_batch']}: no verdict, the run is {unfinished}"
+                         + ("" if unfinished == "diverged" else "; finish it with --resume"))
+            continue
         k, inside = cfg["global_batch"] / base["global_batch"], error <= base_error + band
         lines.append(f"B = {cfg['global_batch']} ({k:g}x the baseline, {cfg['accumulation_steps']} accumulation "
                      f"steps of {cfg['micro_batch_used']}): {error:.2f}% test error against {base_error:.2f}% at "

@@ -156,8 +156,8 @@ def resume_point(cfg: Config, folder: Path, dataset: dict, mode: str, split: dic
         raise UserError(f"checkpoint {path} was written under {written} but this launch is {mode}; resume it with "
                         f"the launch that wrote it, or take its weights with `largebatch export {folder.parent} "
                         f"OUT.safetensors`")
+    changes = check_compatible(path, progress, cfg, dataset)  # first: another global batch is no other split
     _check_split(path, progress, cfg, split)
-    changes = check_compatible(path, progress, cfg, dataset)
     if changes:
         print(f"warning: resuming {path} with changes allowed by --allow-change: {', '.join(changes)}",
               file=sys.stderr)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
+import sys
 import time
 from pathlib import Path
 
@@ -257,9 +259,28 @@ def _restore(run: Run, resume_from: Path | None, progress: dict) -> None:
         if run.noise is not None and progress.get("noise"):
             run.noise.load(progress["noise"])
         acc.print(f"resuming from {resume_from} at step {run.start}")
+        _announce_rate_change(run, progress)
     elif run.cfg.resume:
         acc.print(f"no checkpoint in {run.ckpt_dir}; starting from step 0")
     run.log.start(resume_from / checkpoint.LOG if resume_from else None)
+
+
+def _announce_rate_change(run: Run, progress: dict) -> None:
+    """A resume with --allow-change reads the new options' schedule at the resume step: say what that does to
+    the rate (extending a finished run's epochs moves its decays later, so its decayed rate jumps back up)."""
+    if run.sched.gained or progress["config"] == run.cfg.trajectory() or run.start == 0:
+        return
+    old = dataclasses.replace(run.cfg, **{k: v for k, v in progress["config"].items()
+                                          if k in run.cfg.trajectory()})
+    before = lr_at(run.start - 1, schedule_of(old, progress["dataset"]["num_train"] / old.global_batch))
+    after = lr_at(run.start, run.sched)
+    if math.isclose(before, after, rel_tol=1e-6):
+        return
+    change = f"{after / before:.3g}x up" if after > before else f"{before / after:.3g}x down"
+    if run.accelerator.is_main_process:
+        print(f"{'warning' if after > before else 'note'}: the changed options reschedule the rate: {before:.4g} at "
+              f"step {run.start - 1} under the checkpoint's options, {after:.4g} at step {run.start} under these "
+              f"({change})", file=sys.stderr)
 
 
 # ---- the helpers of `train_loop` ------------------------------------------------------------------

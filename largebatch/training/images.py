@@ -152,15 +152,20 @@ class FolderSource:
         if unknown:
             raise UserError(f"{folder} has class folders the training set lacks ({', '.join(unknown[:3])}); "
                             f"train/ and val/ must have the same classes")
-        files, labels = [], []
+        files, labels, empty = [], [], []
         for label, name in enumerate(classes):
             if name in present:
                 found = sorted(e.name for e in os.scandir(folder / name)
                                if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES))
                 files += [f"{name}/{f}" for f in found]
                 labels += [label] * len(found)
+                empty += [] if found else [name]
         if not files:
             raise UserError(f"{folder} holds no images; {IMAGENET_HOWTO}")
+        if empty and folder.name == "train":  # a class never trained would still take one of the model's outputs
+            raise UserError(f"{folder / empty[0]} holds no images ({len(empty)} empty class folder(s) in all; images "
+                            f"end in {', '.join(IMAGE_SUFFIXES)}); add its images, or remove the folder to train "
+                            f"without that class")
         self.folder, self.classes = folder, classes
         # One bytes array, not 1.28M Python strings: loader workers share it without copying pages.
         self.files = np.array(files, dtype=np.bytes_)

@@ -6,6 +6,7 @@ CPU processes, GPUs and clusters.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -126,11 +127,34 @@ def uses_wandb(cfg: Config) -> bool:
 
 def start_wandb(accelerator: Accelerator, cfg: Config, run_dir: Path, config: dict) -> None:
     """Log to W&B: offline without WANDB_API_KEY (`wandb sync` uploads later); its files, cache and
-    offline runs stay inside `run_dir`."""
+    offline runs stay inside `run_dir`.
+
+    With a key but no W&B server in reach (a cluster node without internet) the run logs offline too, after
+    WANDB_INIT_TIMEOUT (30 s here, not wandb's 90) and one warning line: the training, not its dashboard,
+    is what the job is for, and the offline run uploads later. Only an explicit WANDB_MODE=online makes that
+    an error.
+    """
+    import wandb
+
+    explicit = os.environ.get("WANDB_MODE") == "online"
     os.environ.setdefault("WANDB_MODE", "online" if os.environ.get("WANDB_API_KEY") else "offline")
+    os.environ.setdefault("WANDB_INIT_TIMEOUT", "30")
     for var, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", "wandb/cache"), ("WANDB_DATA_DIR", "wandb/data")):
         os.environ.setdefault(var, str((run_dir / sub).resolve()))
-    accelerator.init_trackers(cfg.wandb_project, config=config, init_kwargs={"wandb": {"name": run_dir.name}})
+    init = dict(project_name=cfg.wandb_project, config=config, init_kwargs={"wandb": {"name": run_dir.name}})
+    try:
+        accelerator.init_trackers(**init)
+    except wandb.errors.CommError as e:
+        accelerator.trackers.clear()  # the tracker whose wandb.init failed: finishing it would fail again
+        server = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+        why = f"W&B at {server} did not answer within {os.environ['WANDB_INIT_TIMEOUT']} s ({str(e).splitlines()[0]})"
+        if explicit:
+            raise UserError(f"{why}; unset WANDB_MODE=online to log offline when it cannot be reached, or check "
+                            f"the network") from None
+        print(f"warning: {why}; logging offline instead: upload it later with `wandb sync "
+              f"{os.environ['WANDB_DIR']}/wandb/offline-run-*`", file=sys.stderr, flush=True)
+        init["init_kwargs"]["wandb"]["mode"] = "offline"  # not WANDB_MODE: wandb's session has read it already
+        accelerator.init_trackers(**init)
 
 
 def log_summary(accelerator: Accelerator, cfg: Config, summary: dict) -> None:
