@@ -95,10 +95,10 @@ assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "weight
 EOF
 }
 
-check() {  # SCENARIO JOBCOMP_RECORD: COMPLETED, and bit for bit the reference
-    [[ $2 == *JobState=COMPLETED* ]] || { echo "$1: $2" >&2; tail -n 20 "$W/$1.out" >&2; exit 1; }
-    same_run "$1" "reference-$1"
-    echo "slurm_e2e: $1: COMPLETED after $(grep -c 'resuming from' "$W/$1.out" || true) resume(s), bitwise the reference"
+check() {  # SCENARIO REFERENCE JOBCOMP_RECORD: COMPLETED, and bit for bit the reference
+    [[ $3 == *JobState=COMPLETED* ]] || { echo "$1: $3" >&2; tail -n 20 "$W/$1.out" >&2; exit 1; }
+    same_run "$1" "$2"
+    echo "slurm_e2e: $1: COMPLETED after $(grep -c 'requeueing job' "$W/$1.out" || true) self-requeue(s), bitwise the reference"
 }
 
 setup_slurm
@@ -107,12 +107,12 @@ SHORT=(--data-dir /usr/share/datasets/fashion-mnist --subset 2048 --global-batch
        --checkpoint-every 2)
 LONG=(--data-dir /usr/share/datasets/fashion-mnist --global-batch 256 --micro-batch 128 --epochs 3
       --checkpoint-every 40)
-reference reference-complete "${SHORT[@]}" & short=$!
-reference reference-timelimit "${LONG[@]}" & long=$!
+reference reference-short "${SHORT[@]}" & short=$!
+reference reference-long "${LONG[@]}" & long=$!
 wait $short $long  # not a bare `wait`: the SLURM daemons are this shell's children too
 
 job=$(submit complete --time=10 -- "${SHORT[@]}")
-check complete "$(wait_done "$job")"
+check complete reference-short "$(wait_done "$job")"
 
 job=$(submit requeue --time=10 -- "${SHORT[@]}")
 until [[ -e $W/requeue/checkpoints/step_00000004/progress.json ]]; do
@@ -120,9 +120,8 @@ until [[ -e $W/requeue/checkpoints/step_00000004/progress.json ]]; do
     sleep 0.5
 done
 scontrol requeue "$job"
-check requeue "$(wait_done "$job")"
-cp "$W/reference-complete" "$W/reference-requeue" -r
+check requeue reference-short "$(wait_done "$job")"
 
 job=$(submit timelimit --time=4 -- "${LONG[@]}")
-check timelimit "$(wait_done "$job")"
+check timelimit reference-long "$(wait_done "$job")"
 grep -h "requeueing job" "$W"/*.out
