@@ -47,7 +47,7 @@ def exit_with(e: UserError | Stopped):
     sys.exit(EXIT_STOPPED if stopped else 2)
 
 
-def write_failure(e: BaseException, where) -> tuple[str, str]:
+def write_failure(e: BaseException, where: str | os.PathLike) -> tuple[str, str]:
     """(cause, fix) of a write under the folder `where` that raised `e`, in words for the user's one line.
 
     OSError carries its errno; safetensors (Rust) folds it into its own error's message as "(os error N)";

@@ -10,7 +10,7 @@ import psutil
 import pytest
 import torch
 
-from conftest import ROOT, final_params, free_port, launch, step_losses
+from conftest import ROOT, final_params, free_port, launch, launch_env, step_losses
 
 pytestmark = pytest.mark.slow  # trains: see `pytest -m "not slow"` for the fast tier
 
@@ -71,7 +71,7 @@ def test_full_disk_during_checkpoint_keeps_the_previous_one(tmp_path, small_fmni
     run = tmp_path / "run"
     env_script = ROOT / "tests/full_disk_train.py"
     out = subprocess.run([sys.executable, str(env_script)] + [str(a) for a in _args(small_fmnist, run)], cwd=ROOT,
-                         env=dict(os.environ, FULL_AT="3", TQDM_DISABLE="1"), capture_output=True, text=True)
+                         env=launch_env(FULL_AT="3"), capture_output=True, text=True)  # the straight run's threads
     assert out.returncode == 2, out.stderr[-3000:]
     line = out.stderr.strip().splitlines()[-1]
     assert "No space left on device" in line and "step_00000004" in line and "is intact" in line, line

@@ -198,3 +198,55 @@ def test_prepared_shards(imagenet, tmp_path, monkeypatch):
     assert torch.equal(load_imagenet(str(out), img_size=32).train_batch(idx, seed=1, epoch=0)[0].pixels, a)
     with pytest.raises(UserError, match="already a prepared copy"):
         prepare_imagenet(str(out), str(tmp_path / "again"))
+
+
+def test_prepare_names_every_unreadable_image_in_one_pass(imagenet, tmp_path, monkeypatch):
+    import shutil
+
+    import largebatch.tools.prepare as prepare
+    monkeypatch.setattr(prepare, "SHARD", 4)
+    src = tmp_path / "copy"
+    shutil.copytree(imagenet, src)
+    bad = [src / "train" / CLASSES[0] / f"{CLASSES[0]}_1.JPEG", src / "train" / CLASSES[1] / f"{CLASSES[1]}_0.JPEG",
+           src / "val" / CLASSES[1] / f"{CLASSES[1]}_1.JPEG"]
+    for path in bad:
+        path.write_bytes(b"not an image")
+    out = tmp_path / "prepared"
+    with pytest.raises(UserError) as e:
+        prepare_imagenet(str(src), str(out), short_side=64, jobs=1)
+    assert str(e.value).startswith(f"3 image(s) cannot be read: {', '.join(map(str, sorted(bad)))} (each with its "
+                                   f"reason in {out / 'unreadable.txt'}); replace or remove them and rerun"), e.value
+    assert len((out / "unreadable.txt").read_text().splitlines()) == 3
+    assert [p.name for p in sorted((out / "train").iterdir())] == ["train-00002-of-00003.arrow"]  # the good shard
+    for path in bad:
+        path.unlink()
+    assert "wrote 8 training and 3 validation images" in prepare_imagenet(str(src), str(out), short_side=64, jobs=1)
+    assert not (out / "unreadable.txt").exists() and not list(out.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_prepare_workers_die_with_a_killed_copy(imagenet, tmp_path):
+    """SIGKILL to `largebatch prepare-imagenet` (nothing to forward): its pool workers go with it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    script = ("import sys, time\nimport largebatch.tools.prepare as prepare\n"
+              "def slow(job):\n    time.sleep(120)\n"
+              "prepare._write_shard = slow\nprepare.prepare_imagenet(sys.argv[1], sys.argv[2], jobs=2)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(imagenet), str(tmp_path / "out")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(psutil.Process(proc.pid).children()) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    workers = psutil.Process(proc.pid).children()
+    assert len(workers) >= 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    _, alive = psutil.wait_procs(workers, timeout=20)
+    for p in alive:
+        p.kill()
+    assert not alive, f"pool workers outlived the killed copy: {alive}"

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..training.images import MANIFEST, FolderSource, load_imagenet
+from ..training.preempt import die_with_parent
 
 SHARD = 5000
 
@@ -39,23 +40,29 @@ def resized_jpeg(path: str, short_side: int, quality: int) -> bytes:
         return out.getvalue()
 
 
-def _write_shard(job) -> int:
+def _write_shard(job) -> tuple[int, list[tuple[str, str]]]:
+    """(images written, (name, why) of each that could not be read): a shard with unreadable images is not
+    written, but read to its end, so that one pass names every bad file."""
     import datasets
     from datasets.arrow_writer import ArrowWriter
     source, classes, lo, hi, path, short_side, quality = job
     features = datasets.Features({"jpeg": datasets.Value("binary"), "label": datasets.ClassLabel(names=classes)})
-    tmp = path.with_suffix(".tmp")
+    tmp, bad = path.with_suffix(".tmp"), []
     with ArrowWriter(features=features, path=str(tmp)) as writer:
         for i in range(lo, hi):
             name = source.name(i)
             try:
                 jpeg = resized_jpeg(name, short_side, quality)
-            except OSError as e:
-                raise UserError(f"cannot read {name} ({e}); replace or remove the file and rerun") from None
+            except OSError as e:  # PIL's UnidentifiedImageError and truncated-file errors are OSErrors
+                bad.append((name, str(e)))
+                continue
             writer.write({"jpeg": jpeg, "label": int(source.labels[i])})
         writer.finalize()
+    if bad:
+        tmp.unlink()
+        return 0, bad
     os.replace(tmp, path)
-    return hi - lo
+    return hi - lo, []
 
 
 def prepare_imagenet(src: str, dst: str, short_side: int = 256, quality: int = 90, jobs: int = 0) -> str:
@@ -68,18 +75,30 @@ def prepare_imagenet(src: str, dst: str, short_side: int = 256, quality: int = 9
     out, classes = Path(dst), data.train.classes
     manifest = dict(classes=classes, short_side=short_side, quality=quality, source=str(Path(src).resolve()),
                     splits={})
+    bad = []
     for split, source in (("train", data.train), ("val", data.test)):
         (out / split).mkdir(parents=True, exist_ok=True)
         starts = range(0, len(source), SHARD)
         files = [f"{split}-{k:05d}-of-{len(starts):05d}.arrow" for k in range(len(starts))]
         todo = [(source, classes, lo, min(lo + SHARD, len(source)), out / split / f, short_side, quality)
                 for lo, f in zip(starts, files) if not (out / split / f).is_file()]
-        with multiprocessing.Pool(jobs or os.cpu_count()) as pool, \
-                tqdm(total=len(source), initial=len(source) - sum(j[3] - j[2] for j in todo), unit="img",
-                     desc=split, dynamic_ncols=True) as bar:
-            for n in pool.imap_unordered(_write_shard, todo):
+        # The workers die with this process: a killed copy must not leave them running on.
+        pool = multiprocessing.Pool(jobs or os.cpu_count(), initializer=die_with_parent, initargs=(os.getpid(),))
+        with pool, tqdm(total=len(source), initial=len(source) - sum(j[3] - j[2] for j in todo), unit="img",
+                        desc=split, dynamic_ncols=True) as bar:
+            for n, unreadable in pool.imap_unordered(_write_shard, todo):
                 bar.update(n)
+                bad += unreadable
         manifest["splits"][split] = dict(files=files, examples=len(source))
+    listing = out / "unreadable.txt"
+    if bad:
+        bad.sort()
+        listing.write_text("".join(f"{name}: {why}\n" for name, why in bad))
+        names = [name for name, _ in bad]
+        raise UserError(f"{len(bad)} image(s) cannot be read: {', '.join(names[:5])}{', ...' if len(bad) > 5 else ''} "
+                        f"(each with its reason in {listing}); replace or remove them and rerun: the shards "
+                        f"already written are kept")
+    listing.unlink(missing_ok=True)
     tmp = out / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, out / MANIFEST)

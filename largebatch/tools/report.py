@@ -114,7 +114,7 @@ class SweepResult:
     name: str
     varying: list[str]  # option names (underscored) that vary, seed excluded
     groups: list[Group]
-    unfinished: list[str] = dataclasses.field(default_factory=list)  # "<run>: why", runs left out of the tables
+    unfinished: list[str] = dataclasses.field(default_factory=list)  # "<run> (why)": runs left out of the tables
 
     def constant(self, key):
         values = {r.config[key] for g in self.groups for r in g.runs}

@@ -79,6 +79,14 @@ def die_with_launcher() -> None:
             raise Stopped("the launcher that started this process is gone (killed while it was starting); "
                           "nothing was trained: launch again (with --resume to continue a run)")
         return
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
-    if os.getppid() != parent.pid:  # it died before the request: nobody will send the signal
-        os.kill(os.getpid(), signal.SIGTERM)
+    die_with_parent(parent.pid, signal.SIGTERM)
+
+
+def die_with_parent(parent: int, sig: int = signal.SIGKILL) -> None:
+    """Ask the kernel to send `sig` to this process when its parent (pid `parent`) dies, or send it now if that
+    parent is already gone (it died before the request: nobody will send the signal). Linux only."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig))
+    if os.getppid() != parent:
+        os.kill(os.getpid(), sig)
