@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 import torch
 
@@ -146,7 +147,12 @@ def test_a_checkpointed_stop_requeues_the_job_and_a_failure_does_not(small_fmnis
         while not list((tmp_path / "run/checkpoints").glob("step_*")):
             assert proc.poll() is None and time.time() < deadline
             time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGTERM)  # SLURM signals every process of the job's steps
+        # As SLURM's preemption notice: the batch shell and every process of the job step (each node's
+        # launcher and its workers), not srun itself, which waits for its tasks.
+        shell = psutil.Process(proc.pid)
+        for p in [shell, *shell.children(recursive=True)]:
+            if "bin/srun" not in " ".join(p.cmdline()):
+                p.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
