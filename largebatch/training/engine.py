@@ -355,7 +355,10 @@ def _worker_died(message: str, cfg: Config, ckpt_dir: Path) -> str:
     """The one line for a data-loading worker that died (torch: "DataLoader worker (pid 123) is killed by signal:
     Killed."): which, the likely cause, and the checkpoint --resume continues from."""
     what = message.strip().splitlines()[0].rstrip(". ")
-    oom = "; a SIGKILL is most often the out-of-memory killer" if what.endswith("Killed") else ""
+    # torch words it by which of its checks sees the death first: "is killed by signal: Killed" or
+    # "(pid(s) N) exited unexpectedly"; either is most often the out-of-memory killer's SIGKILL.
+    oom = "; a worker killed outright is most often the out-of-memory killer's doing" if (
+        what.endswith("Killed") or what.endswith("exited unexpectedly")) else ""
     kept = checkpoint.completed(ckpt_dir)
     resume = f"; the checkpoint {kept[-1]} is intact" if kept else ""
     return (f"a data-loading worker died ({what}){oom}; give the job more memory or fewer --workers (now "
