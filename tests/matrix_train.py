@@ -5,6 +5,7 @@ engine instead of one per run). A cell the product refuses writes its one-line e
     python -m accelerate.commands.launch ... tests/matrix_train.py CELLS.json
 """
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -34,7 +35,7 @@ def _train(args, data):
 
 def main(cells_file):
     cells = json.loads(Path(cells_file).read_text())
-    if int(__import__("os").environ.get("WORLD_SIZE", "1")) > 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         init_gloo_for_this_attempt()  # ours, so every run's teardown leaves it to the next run
     data = load_fashion_mnist(cells[0]["data_dir"])
     rank0 = not dist.is_initialized() or dist.get_rank() == 0

@@ -38,10 +38,6 @@ BN = ("ghost", "micro")
 CELLS = list(itertools.product(ENGINES, FORMS, ACCUMULATION, BN))
 
 
-def _world(engine):
-    return ENGINES[engine][0]
-
-
 def _batch(accumulation):
     return MICRO * 2 * accumulation
 
