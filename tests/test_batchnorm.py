@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from largebatch.training import batchnorm
 from largebatch.training.batchnorm import GhostBatchNorm2d, convert_batchnorm
 from largebatch.training.config import Config
 from largebatch.training.models import build_model
@@ -54,10 +55,15 @@ def test_ghost_running_stats_equal_feeding_groups_one_by_one():
 @pytest.mark.parametrize("momentum", [0.1, None])  # None: the cumulative average precise BN uses
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a GPU (run on one with `device`: docs/benchmarks.md)"))])
-def test_ghost_bn_is_plain_bn_group_by_group(layout, dtype, momentum, device):
+# The device's own path (CPU: the one-pass kernels; GPU: the compiled function), and the compiled function
+# the GPU uses run on the CPU (inductor's C++ code), so it is checked where no GPU is.
+@pytest.mark.parametrize("path", ["native", pytest.param("compiled", marks=pytest.mark.slow)])
+def test_ghost_bn_is_plain_bn_group_by_group(layout, dtype, momentum, device, path, monkeypatch):
     """Outputs, input gradients, gamma/beta gradients, running statistics and counters of one ghost call
     equal plain BatchNorm2d applied to each group in turn, in fp32 and under bf16 autocast, for contiguous
     and channels-last inputs, on CPU and GPU; the output keeps the input's layout."""
+    if path == "compiled" and device == "cpu":
+        monkeypatch.setattr(batchnorm._GhostNorm, "apply", batchnorm.ghost_norm_fused)
     torch.manual_seed(0)
     ref = nn.BatchNorm2d(6, momentum=momentum)
     nn.init.uniform_(ref.weight, 0.5, 1.5)

@@ -82,6 +82,12 @@ class Config:
     workers: int = _operational(0, "data-loading worker processes per device (0: load in the training process)")
     decode: str = _operational("cpu", "where JPEG images are decoded: in the loader (libjpeg-turbo) or on the "
                                "training GPU (nvJPEG); recipes/imagenet.py only", ["cpu", "gpu"])
+    # Speed options: the same experiment (losses within float rounding of eager NCHW; see README, "What is
+    # exact and what drifts"), so a resume may change them.
+    # On by default: faster in every case measured (docs/benchmarks.md): GPUs in bf16, and this project's CPU.
+    channels_last: bool = _operational(True, "model and batches in channels-last memory format (NHWC); false: NCHW")
+    compile: bool = _operational(False, "torch.compile the model (inductor), as `accelerate launch --dynamo_backend "
+                                 "inductor` does; either asks Accelerate, and the run header says whether it did")
     seed: int = _trajectory(0, "seed for initialization, data order and augmentation")
     # Where results go.
     run_dir: str = _operational("", "output folder (default runs/<dataset>-B<global batch>-seed<seed>)")

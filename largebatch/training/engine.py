@@ -24,9 +24,10 @@ from ..errors import Stopped, UserError
 from . import checkpoint, metrics
 from .config import Config
 from .evaluate import Evaluator
-from .launch import (check_deepspeed_engaged, finish, log_summary, make_accelerator, start_wandb, sweep_of,
-                     training_mode, uses_wandb, zero_stage)
+from .launch import (check_compiled, check_deepspeed_engaged, compile_backend, finish, log_summary, make_accelerator,
+                     start_wandb, sweep_of, training_mode, uses_wandb, zero_stage)
 from .metrics import MetricsLog, write_summary
+from .models import memory_format
 from .noise import NoiseScale
 from .optim import build_optimizer
 from .preempt import StopSignals, die_with_launcher, stop_agreed
@@ -146,7 +147,7 @@ def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator
     if num_train < cfg.global_batch:
         raise UserError(f"--global-batch {cfg.global_batch} is larger than the {num_train} training examples")
     sched = schedule_of(cfg, num_train / cfg.global_batch)
-    accelerator.print(run_header(cfg, W, micro, A, sched, zero_stage(accelerator)))
+    accelerator.print(run_header(cfg, W, micro, A, sched, zero_stage(accelerator), compile_backend(accelerator)))
     deepspeed = accelerator.state.deepspeed_plugin is not None
     # The noise scale needs a gradient over part of the batch: the first micro-batch's, so accumulation.
     measure_noise = A > 1 and not deepspeed
@@ -172,8 +173,9 @@ def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator
             gradient_clipping=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
     check_deepspeed_engaged(model)
+    check_compiled(model, accelerator)
     model.train()
-    run.stepper = Stepper(accelerator, model, optimizer, A, measure_noise)
+    run.stepper = Stepper(accelerator, model, optimizer, A, measure_noise, memory_format(cfg))
     run.evaluate = Evaluator(cfg, accelerator, data, micro)
     run.log = MetricsLog(run.run_dir / "metrics.jsonl", accelerator, run.ckpt_dir)
     _restore(run, resume_from, progress)
@@ -181,7 +183,7 @@ def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator
 
 
 def run_header(cfg: Config, world_size: int, micro: int, accumulation: int, sched: Schedule,
-               zero: int | None = None) -> str:
+               zero: int | None = None, compiled: str | None = None) -> str:
     batch = (f"global batch {cfg.global_batch} = micro-batch {micro} x {world_size} processes x "
              f"{accumulation} accumulation steps")
     if sched.gained:
@@ -195,7 +197,8 @@ def run_header(cfg: Config, world_size: int, micro: int, accumulation: int, sche
                 f"{cfg.warmup if sched.warmup_steps else 'none'} {sched.warmup_steps} steps | {sched.total_steps} "
                 f"steps ({sched.steps_per_epoch:.4g}/epoch), {cfg.schedule} decay")
     return (f"{batch} | {rate} | BN {cfg.bn}" + (f" n={cfg.bn_batch}" if cfg.bn == "ghost" else "")
-            + (f" | ZeRO stage {zero}" if zero is not None else ""))
+            + (f" | ZeRO stage {zero}" if zero is not None else "")
+            + f" | {'channels-last' if cfg.channels_last else 'NCHW'}, {f'compiled ({compiled})' if compiled else 'eager'}")
 
 
 # ---- the helpers of `prepare` ---------------------------------------------------------------------
@@ -206,6 +209,9 @@ def _check_launch(cfg: Config, accelerator: Accelerator, accumulation: int, meas
         raise UserError(f"--optimizer {cfg.optimizer} needs each layer's whole gradient, but ZeRO stage {zero} "
                         f"flattens every parameter group into one shard per rank (LARS would take one trust ratio "
                         f"per shard); launch without DeepSpeed (e.g. accelerate_configs/gpu_8.yaml) or use sgd")
+    if zero is not None and compile_backend(accelerator):
+        raise UserError(f"--compile (or accelerate's --dynamo_backend {compile_backend(accelerator)}) is not supported "
+                        f"under DeepSpeed ZeRO stage {zero} here; drop it, or train with DDP (accelerate_configs/gpu_8.yaml)")
     if cfg.optimizer == "adascale" and not measure_noise:
         raise UserError(f"--optimizer adascale measures gradient noise from micro-batches, so it needs gradient "
                         f"accumulation (now {accumulation}) and no DeepSpeed; use a smaller --micro-batch")

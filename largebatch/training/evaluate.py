@@ -14,9 +14,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.utils import is_compiled_module
 
 from .batchnorm import recompute_statistics
 from .config import Config
+from .models import memory_format
 from .sharding import batch_loader
 
 
@@ -25,7 +27,7 @@ class Evaluator:
     built once: with --workers their processes stay up from one evaluation to the next."""
 
     def __init__(self, cfg: Config, accelerator: Accelerator, data, micro: int):
-        self.cfg, self.accelerator = cfg, accelerator
+        self.cfg, self.accelerator, self.memory_format = cfg, accelerator, memory_format(cfg)
         mine = torch.arange(accelerator.process_index, data.num_test, accelerator.num_processes)
         self.test = batch_loader(data.test_batch, mine.split(4 * cfg.micro_batch), cfg.workers)
         self.precise = batch_loader(functools.partial(_images, data.train_batch, cfg.seed),
@@ -34,17 +36,21 @@ class Evaluator:
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module) -> tuple[float, float]:
         """(test error, test loss) of `model`."""
-        acc, device = self.accelerator, self.accelerator.device
+        acc, device, fmt = self.accelerator, self.accelerator.device, self.memory_format
+        if is_compiled_module(model):
+            # Evaluated eagerly: eval mode, precise BN's cumulative averages and the test batches' shapes would
+            # each compile the model anew, for a forward pass that is a small share of the run.
+            model = model._orig_mod
         module = acc.unwrap_model(model)
         if self.precise is not None:
-            recompute_statistics(module, (x.to(device) for x in self.precise))
+            recompute_statistics(module, (x.to(device, memory_format=fmt) for x in self.precise))
         elif acc.num_processes > 1:
             for buffer in module.buffers():
                 dist.broadcast(buffer, src=0)
         model.eval()
         totals = torch.zeros(3, device=device)  # wrong, loss sum, count
         for x, y in self.test:
-            x, y = x.to(device), y.to(device)
+            x, y = x.to(device, memory_format=fmt), y.to(device)
             out = model(x).float()
             totals += torch.stack([(out.argmax(1) != y).sum().float(), F.cross_entropy(out, y, reduction="sum"),
                                    torch.tensor(float(len(y)), device=out.device)])

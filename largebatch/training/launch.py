@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs, parse_flag_from_env
+from accelerate.utils import DynamoBackend, InitProcessGroupKwargs, is_compiled_module, parse_flag_from_env
 
 from ..errors import UserError
 from .config import Config
@@ -52,8 +52,10 @@ def make_accelerator(cfg: Config) -> Accelerator:
         init_gloo_for_this_attempt()
     if cpu and deepspeed:
         _skip_shared_memory_comm_build()
+    # --compile is `accelerate launch --dynamo_backend inductor`; without it the launch's setting stands.
     accelerator = Accelerator(cpu=cpu and not deepspeed, kwargs_handlers=handlers,
-                              log_with="wandb" if uses_wandb(cfg) else None)
+                              log_with="wandb" if uses_wandb(cfg) else None,
+                              dynamo_backend="inductor" if cfg.compile else None)
     actual = dist.get_world_size() if dist.is_initialized() else 1
     if accelerator.num_processes != launched or actual != launched:
         raise UserError(f"launched {launched} processes but Accelerate sees {accelerator.num_processes} and "
@@ -93,6 +95,20 @@ def check_deepspeed_engaged(model) -> None:
     if not isinstance(model, DeepSpeedEngine):
         raise UserError(f"the launch asked for DeepSpeed but Accelerate prepared a {type(model).__name__}, not a "
                         f"DeepSpeed engine; launch with accelerate_configs/zero*.yaml (pip install '.[deepspeed]')")
+
+
+def compile_backend(accelerator: Accelerator) -> str | None:
+    """The torch.compile backend Accelerate will compile the model with (--compile, or the launch's
+    --dynamo_backend / a config file's dynamo_config), else None."""
+    backend = accelerator.state.dynamo_plugin.backend
+    return None if backend == DynamoBackend.NO else backend.value.lower()
+
+
+def check_compiled(model, accelerator: Accelerator) -> None:
+    """A run asked to compile must train a compiled model: never a silent fallback to eager."""
+    if compile_backend(accelerator) and not is_compiled_module(model):
+        raise UserError(f"Accelerate was asked to compile with {compile_backend(accelerator)} but prepared an "
+                        f"uncompiled {type(model).__name__}; check the accelerate version (pip install '.')")
 
 
 def training_mode(accelerator: Accelerator) -> str:

@@ -52,6 +52,11 @@ def _create(cfg: Config, num_classes: int, in_chans: int) -> nn.Module:
     return timm.create_model(cfg.model, num_classes=num_classes, in_chans=in_chans)
 
 
+def memory_format(cfg: Config) -> torch.memory_format:
+    """The layout of the model's weights and of every batch fed to it (--channels-last)."""
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+
 def build_model(cfg: Config, num_classes: int, in_chans: int) -> nn.Module:
     """timm model with the paper's initialization and the configured BatchNorm semantics.
 
@@ -68,4 +73,5 @@ def build_model(cfg: Config, num_classes: int, in_chans: int) -> nn.Module:
     if isinstance(fc, nn.Linear):
         nn.init.normal_(fc.weight, std=0.01)
         nn.init.zeros_(fc.bias)
-    return convert_batchnorm(model, cfg.bn, cfg.bn_batch)
+    # Ghost BN's kernels keep whichever layout they are given.
+    return convert_batchnorm(model, cfg.bn, cfg.bn_batch).to(memory_format=memory_format(cfg))

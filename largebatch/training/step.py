@@ -51,8 +51,9 @@ class Stepper:
     """Takes optimizer steps of `accumulation` micro-batches with a prepared model and optimizer."""
 
     def __init__(self, accelerator: Accelerator, model: torch.nn.Module, optimizer, accumulation: int,
-                 measure_noise: bool):
+                 measure_noise: bool, memory_format: torch.memory_format = torch.contiguous_format):
         self.accelerator, self.model, self.optimizer = accelerator, model, optimizer
+        self.memory_format = memory_format  # the images', as the model's weights (--channels-last)
         self.accumulation, self.measure_noise = accumulation, measure_noise
         self.deepspeed = accelerator.state.deepspeed_plugin is not None
         # Listed once: walking the module tree at every step costs ~0.2 ms, 0.25% of a small CPU step.
@@ -100,7 +101,9 @@ class Stepper:
         zero = torch.zeros((), device=device)
         loss_sum, wrong, examples, micro_sq, batch_sq = zero, zero, zero, zero, zero
         for a in range(self.accumulation):
-            x, y = (t.to(device, non_blocking=True) for t in next(batches))
+            x, y = next(batches)
+            x = x.to(device, non_blocking=True, memory_format=self.memory_format)
+            y = y.to(device, non_blocking=True)
             with acc.accumulate(self.model):
                 out = self.model(x)
                 loss = F.cross_entropy(out, y)

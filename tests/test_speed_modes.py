@@ -1,0 +1,68 @@
+"""Channels-last and compiled runs are the same experiment as eager NCHW (issue 29).
+
+In each mode, over a short run (9 steps of B = 256, ghost BN over groups of 64, precise BN): the split of B
+(2 processes x 2 accumulation x 64, 1 x 4 x 64, 1 x 1 x 256) changes the losses only within the drift rule
+(conftest.drift_tolerance: float rounding of sums in another order, amplified 8x a step), the mode itself
+against eager NCHW within the same rule, and a run resumed from a checkpoint writes the uninterrupted run's
+metrics.jsonl byte for byte. Under compile the 2-process run asks through Accelerate's own
+`accelerate launch --dynamo_backend inductor`, the 1-process runs through `--compile`.
+"""
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import ROOT, assert_within_drift, launch, launch_command, launch_env, step_losses
+
+pytestmark = [pytest.mark.slow, pytest.mark.numerics]
+
+RECIPE = ROOT / "recipes/fashion_mnist.py"
+SPLITS = {"2x2x64": (2, 64), "1x4x64": (1, 64), "1x1x256": (1, 256)}
+MODES = {"channels-last": ["--channels-last", "true"], "compiled": ["--channels-last", "false", "--compile"],
+         "eager-nchw": ["--channels-last", "false"]}
+
+
+def _args(data, run_dir, micro, *extra):
+    return ["--data-dir", data, "--global-batch", 256, "--micro-batch", micro, "--bn-batch", 64, "--subset", 1920,
+            "--epochs", 1.2, "--eval-every", 10, "--checkpoint-every", 2, "--keep-checkpoints", 10,
+            "--run-dir", run_dir, *extra]
+
+
+def _train(data, run_dir, mode, nproc, micro, resume=False):
+    extra = MODES[mode] + (["--resume"] if resume else [])
+    if mode == "compiled" and nproc > 1:
+        # Accelerate's own switch, not ours: its dynamo setting must reach the model the engine prepares.
+        extra = ["--channels-last", "false"] + (["--resume"] if resume else [])
+        cmd = launch_command(RECIPE, _args(data, run_dir, micro, *extra), nproc)
+        cmd[cmd.index(str(RECIPE)):cmd.index(str(RECIPE))] = ["--dynamo_backend", "inductor"]
+        proc = subprocess.run(cmd, cwd=ROOT, env=launch_env(nproc), capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-5000:]
+        return proc
+    return launch(RECIPE, _args(data, run_dir, micro, *extra), nproc=nproc, timeout=900)
+
+
+@pytest.mark.parametrize("mode", ["channels-last", "compiled"])
+def test_mode_is_the_same_experiment(tmp_path, small_fmnist, mode):
+    headers = {}
+    for name, (nproc, micro) in SPLITS.items():
+        out = _train(small_fmnist, tmp_path / name, mode, nproc, micro)
+        headers[name] = next(line for line in out.stdout.splitlines() if line.startswith("global batch"))
+    layout, compiled = ("NCHW", "compiled (inductor)") if mode == "compiled" else ("channels-last", "eager")
+    for header in headers.values():
+        assert header.endswith(f"| {layout}, {compiled}"), header  # the mode took effect, in every split
+    losses = {name: step_losses(tmp_path / name) for name in SPLITS}
+    assert len(losses["1x4x64"]) == 9 and losses["1x4x64"][-1] < losses["1x4x64"][0]
+    for name in SPLITS:
+        assert_within_drift(losses[name], losses["1x4x64"], 256)
+    _train(small_fmnist, tmp_path / "eager", "eager-nchw", 1, 64)
+    assert_within_drift(losses["1x4x64"], step_losses(tmp_path / "eager"), 256)
+
+    # Resumed from step 4 (its checkpoint and log copy only), in the same mode: the same log, byte for byte.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "1x4x64", resumed)
+    for later in sorted((resumed / "checkpoints").glob("step_*"))[2:]:
+        shutil.rmtree(later)
+    (resumed / "summary.json").unlink()
+    out = _train(small_fmnist, resumed, mode, 1, 64, resume=True)
+    assert "resuming from" in out.stdout and "step_00000004" in out.stdout
+    assert (resumed / "metrics.jsonl").read_text() == (tmp_path / "1x4x64" / "metrics.jsonl").read_text()
