@@ -135,6 +135,11 @@ def test_lars_is_refused_under_zero(tmp_path, small_fmnist):
     assert "--optimizer lars" in line and "ZeRO stage 2" in line, line
 
 
+def test_compile_is_refused_under_zero(tmp_path, small_fmnist):
+    line = _error_line(_run(small_fmnist, tmp_path / "r", "--compile", config=ZERO[2], check=False))
+    assert "--compile" in line and "ZeRO stage 2" in line, line
+
+
 @pytest.mark.parametrize("mode", ["ddp", 3])
 def test_export_loads_into_timm_and_evaluates_as_the_run(runs, small_fmnist, tmp_path, capsys, mode):
     run = runs[mode][0]
