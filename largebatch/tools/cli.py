@@ -18,10 +18,11 @@ from .report import write_report
 from .sweep import run_sweep
 
 
-def compare(run_dirs: list[str], plot: str, band: float = 0.5) -> str:
+def compare(run_dirs: list[str], plot: str, band: float = 0.5, seeds: str | None = None) -> str:
     """Table of each run's batch, rate and final errors, and a verdict on each run against the first (the
     baseline): inside the band of `band` points over its test error or not. Writes the overlaid training
-    curves to `plot`."""
+    curves to `plot`. `seeds`: a check.json of benchmarks/demo_check.py, whose seed spread and tally of other
+    seed pairs the last verdict line quotes (one seed pair is one sample)."""
     rows, labels, finals = [], [], []
     for run in map(Path, run_dirs):
         if not (run / "metrics.jsonl").is_file() or not (run / "config.json").is_file():
@@ -41,7 +42,23 @@ def compare(run_dirs: list[str], plot: str, band: float = 0.5) -> str:
                     + (f"  ({unfinished})" if unfinished else ""))
     figures.training_curves(list(map(Path, run_dirs)), labels, Path(plot))
     header = f"{'run':<28} {'B':>6} {'accum':>5} {'lr':>7} {'warmup':>8} {'epoch':>6} {'train %':>8} {'test %':>8}"
-    return "\n".join([header, *rows, f"training curves: {plot}", *_verdicts(finals, band)])
+    verdicts = _verdicts(finals, band)
+    if seeds:
+        verdicts[-1] += " | " + _seed_spread(seeds)
+    return "\n".join([header, *rows, f"training curves: {plot}", *verdicts])
+
+
+def _seed_spread(check_file: str) -> str:
+    """The pair's spread over its 5 seeds and the tally of other seed pairs, from benchmarks/demo_check.py."""
+    try:
+        check = json.loads(Path(check_file).read_text())
+        sel, stats = check["selection"], check["selection"]["stats"]
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"--seeds {check_file} is not a check.json of benchmarks/demo_check.py ({e})") from None
+    cells = [f"B = {b} {s['mean']:.2f} ± {s['std']:.2f} ({s['min']:.2f}–{s['max']:.2f})" for b, s in stats.items()]
+    tallies = [f"{c['matched']}/{c['pairs']} {isa}" for isa, c in check["checks"].items() if c["pairs"]]
+    return (f"over {min(s['n'] for s in stats.values())} seeds: " + ", ".join(cells)
+            + (f"; other seed pairs matched {', '.join(tallies)}" if tallies else ""))
 
 
 def _verdicts(finals: list[tuple[dict, float, str | None]], band: float) -> list[str]:
@@ -133,7 +150,8 @@ def _add_result_commands(sub) -> None:
     p.add_argument("--plot", default="runs/compare.png", help="where to write the figure")
     p.add_argument("--band", type=float, default=0.5,
                    help="points of test error over the first run's within which a later run matches it")
-    p.set_defaults(func=lambda a: compare(a.runs, a.plot, a.band))
+    p.add_argument("--seeds", help="check.json of benchmarks/demo_check.py: quote the pair's seed spread")
+    p.set_defaults(func=lambda a: compare(a.runs, a.plot, a.band, a.seeds))
     p = sub.add_parser("sweep", help="run a W&B grid sweep file here, one run after another (or one per GPU)")
     p.add_argument("file", help="sweep YAML, e.g. recipes/sweeps/batch_size.yaml")
     p.add_argument("--out", default="runs/sweeps", help="runs go to OUT/<sweep name>/<parameters>")
