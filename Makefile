@@ -1,6 +1,7 @@
 # make demo: set up on a fresh Debian machine and train Fashion-MNIST at B=128 and B=512 (emulated), side by side.
 # make test: set up and run the test suite; make test-fast: the unit tests only (no training).
 # make bench: engine-vs-bare throughput and all-reduce costs on this machine (runs/bench).
+# make gpu-check: the prepared one-GPU check, under 8 minutes (runs/gpu_check); without a GPU, its tiny CPU version.
 # make results: the Fashion-MNIST sweeps at the converged budget and their report (docs/results/fashion-mnist).
 PY ?= python3
 VENV := .venv
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test test-fast results results-6-epochs bench imports clean
+.PHONY: setup demo test test-fast results results-6-epochs bench gpu-check imports clean
 
 setup: $(STAMP) $(FMNIST)
 
@@ -57,6 +58,11 @@ results-6-epochs: setup
 # Engine vs a bare PyTorch loop, all-reduce costs and the planner's calibration (runs/bench/).
 bench: setup
 	$(BIN)/python benchmarks/run.py --out runs/bench
+
+# ResNet-50 bf16 through the engine and a bare loop (NCHW, channels-last, compiled), ghost vs plain BN, nvJPEG vs
+# the CPU decode, ZeRO-2 on one GPU and a 20-step split-invariance check: gpu_check.md and gpu_check.json.
+gpu-check: setup
+	$(BIN)/python benchmarks/gpu_check.py --out runs/gpu_check
 
 # Two test files at a time: most of the suite's time is processes starting and importing torch, which a
 # second core overlaps. Each file stays on one worker, so a module's fixtures (tests/test_zero.py's runs) run once.
