@@ -63,6 +63,13 @@ def drift_tolerance(batch: int, loss: float, step: int) -> float:
     return batch * UNIT_ROUNDOFF * abs(loss) * AMPLIFICATION ** step
 
 
+def drift_used(losses, reference, batch: int) -> tuple[float, float]:
+    """(the largest loss difference, the largest share of the rule's bound any step used): for reports."""
+    pairs = list(enumerate(zip(losses, reference)))
+    return (max(abs(a - b) for _, (a, b) in pairs),
+            max(abs(a - b) / drift_tolerance(batch, b, k) for k, (a, b) in pairs))
+
+
 def assert_within_drift(losses, reference, batch: int) -> None:
     assert len(losses) == len(reference), (losses, reference)
     over = [(k, a, b) for k, (a, b) in enumerate(zip(losses, reference)) if abs(a - b) > drift_tolerance(batch, b, k)]
