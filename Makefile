@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test test-fast results results-6-epochs bench gpu-check imports clean
+.PHONY: setup demo demo-check test test-fast results results-6-epochs bench gpu-check imports clean
 
 setup: $(STAMP) $(FMNIST)
 
@@ -37,6 +37,12 @@ demo: setup
 	OMP_NUM_THREADS=1 $(BIN)/python $(DEMO) --global-batch 512 --run-dir runs/demo-B512; large=$$?; \
 	wait $$! || { tail -n 3 runs/demo-B128.log; exit 1; }; exit $$large
 	$(BIN)/largebatch compare runs/demo-B128 runs/demo-B512 --plot runs/demo.png
+
+# The demo's pair on 5 seeds, then its verdict on 8 other seed pairs under each instruction set this machine
+# offers (benchmarks/demo_check.py; hours on 2 cores, resumable): docs/results/demo/check.md and check.json.
+demo-check: setup
+	$(BIN)/largebatch sweep recipes/sweeps/demo.yaml --out runs/sweeps --jobs $(JOBS)
+	$(BIN)/python benchmarks/demo_check.py --jobs $(JOBS)
 
 # The Fashion-MNIST evidence (two 1-thread jobs at a time on a 2-core CPU): the epoch budget, Figure 1 at it,
 # the paper's ablations at the edge of its flat region, the noise scale, and the report. A stopped
