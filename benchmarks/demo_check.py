@@ -93,13 +93,13 @@ def to_markdown(sel: dict, checks: dict) -> str:
               f"margin inside it: {sel['margin']:.2f} points = {sel['margin'] / max(sel['stats'][l]['std'], 1e-9):.1f} "
               f"of its seed std (wanted: at least 2): **{'chosen' if sel['chosen'] else 'NOT good enough'}**.", "",
               f"## The check (recipes/sweeps/demo_check.yaml: {PAIRS_WANTED} other seed pairs)", "",
-              "| instruction set | pairs | matched | " + " | ".join(
-                  f"seed {r['seed']}" for r in max(checks.values(), key=lambda c: c["pairs"])["rows"]) + " |"]
+              "| " + " | ".join(["instruction set", "pairs", "matched"] + [
+                  f"seed {r['seed']}" for r in max(checks.values(), key=lambda c: c["pairs"])["rows"]]) + " |"]
     width = max(c["pairs"] for c in checks.values())
     lines.append("|---|---|---|" + "---|" * width)
     for isa, c in checks.items():
         cells = [f"{r['small']:.2f} / {r['large']:.2f} {'✓' if r['matched'] else '✗'}" for r in c["rows"]]
-        lines.append(f"| {isa} | {c['pairs']} | {c['matched']} | " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join([isa, str(c["pairs"]), str(c["matched"])] + cells) + " |")
     lines += ["", f"Cells: B = {b} / B = {l} test error %, ✓ when B = {l} is within {BAND} points of B = {b}. "
               f"Wanted: {MATCHED_WANTED} or more of {PAIRS_WANTED} pairs matched under every instruction set."]
     return "\n".join(lines) + "\n"
