@@ -30,7 +30,7 @@ from .metrics import MetricsLog, write_summary
 from .models import memory_format
 from .noise import NoiseScale
 from .optim import build_optimizer
-from .preempt import StopSignals, die_with_launcher, stop_agreed
+from .preempt import StopSignals, die_with_launcher, stop_signal
 from .rundir import FolderLock, run_dir_of
 from .schedule import Schedule, adascale_gain, lr_at, schedule_of
 from .sharding import stream_loader
@@ -112,7 +112,7 @@ def train_loop(run: Run, stop: StopSignals) -> dict:
             gain = adascale_gain(*run.noise.estimates(), cfg.base_batch, sched.scale) if sched.adascale else 1.0
             lr = lr_at(run.tau, sched, gain)
             run.stepper.set_lr(lr)
-            stats = run.stepper.step(batches)
+            stats = run.stepper.step(batches, stop)
             _log_step(run, step, lr, gain, stats, bar)
             run.tau += gain if sched.gained else 1
             step += 1
@@ -120,7 +120,7 @@ def train_loop(run: Run, stop: StopSignals) -> dict:
                 last_eval = _evaluate(run, step - 1, bar)
             if step % ckpt_steps == 0 or run.tau >= total:
                 saved = _save(run, step)
-            if run.tau < total and (signal_name := stop_agreed(stop, acc)):
+            if run.tau < total and (signal_name := stop_signal(stop, stats.stop, acc.num_processes)):
                 raise _stopped(run, signal_name, step, saved)
     except NonFinite as e:
         message = _divergence(run, e.what, step, lr)

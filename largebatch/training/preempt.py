@@ -2,9 +2,10 @@
 
 SLURM and spot instances send SIGTERM and kill the job after a grace period (SLURM's KillWait, 30 s by
 default; torchrun forwards a launcher's SIGTERM or SIGINT to its workers and waits
-TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s). Under `StopSignals` a signal only sets a flag; the engine asks
-`stop_agreed` after every optimizer step, so all ranks stop after the same step, checkpoint it and exit
-with `errors.EXIT_STOPPED`. Workers whose launcher is killed outright (SIGKILL leaves no time to forward
+TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s). Under `StopSignals` a signal only sets a flag; each optimizer
+step sums the flags over the ranks in the all-reduce of its statistics (`step.StepStats.stop`, no
+collective of its own), and `stop_signal` reads the sum, so all ranks stop after the same step,
+checkpoint it and exit with `errors.EXIT_STOPPED`. Workers whose launcher is killed outright (SIGKILL leaves no time to forward
 anything) get SIGTERM from the kernel (`die_with_launcher`) and stop the same way instead of running on
 as orphans.
 """
@@ -18,7 +19,6 @@ import threading
 
 import psutil
 import torch
-from accelerate import Accelerator
 
 from ..errors import Stopped
 
@@ -50,13 +50,14 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
-def stop_agreed(stop: StopSignals, accelerator: Accelerator) -> str | None:
-    """The signal any rank received (None: none did), the same answer on every rank: a signal reaches the
-    ranks at different moments, and they must stop after the same step to write one checkpoint."""
-    if accelerator.num_processes == 1:
+def stop_signal(stop: StopSignals, stopping: torch.Tensor, num_processes: int) -> str | None:
+    """The signal to stop on after this step (None: go on), the same answer on every rank: a signal reaches
+    the ranks at different moments, and they must stop after the same step to write one checkpoint.
+    `stopping` is the step's all-reduced count of ranks that had a signal when its statistics were summed;
+    one process needs no agreement and reads its own flag, the latest news."""
+    if num_processes == 1:
         return stop.received
-    flag = torch.tensor([float(stop.received is not None)], device=accelerator.device)
-    if accelerator.reduce(flag, "sum").item() == 0:
+    if not stopping.item():
         return None
     return stop.received or "a signal to another rank"
 
