@@ -29,12 +29,14 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
 def stream_steps(num_examples: int, global_batch: int, seed: int, first_step: int,
                  steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(example indices, their epochs), each (steps, B), of optimizer steps first_step ... first_step + steps - 1."""
-    positions = torch.arange(first_step * global_batch, (first_step + steps) * global_batch)
+    start, end = first_step * global_batch, (first_step + steps) * global_batch
+    positions = torch.arange(start, end)
     epochs = positions // num_examples
     indices = torch.empty_like(positions)
-    for epoch in epochs.unique().tolist():
-        here = epochs == epoch
-        indices[here] = epoch_permutation(num_examples, seed, epoch)[positions[here] % num_examples]
+    for epoch in range(start // num_examples, (end - 1) // num_examples + 1):  # consecutive runs of one epoch
+        lo, hi = max(start, epoch * num_examples), min(end, (epoch + 1) * num_examples)
+        indices[lo - start:hi - start] = epoch_permutation(num_examples, seed, epoch)[
+            lo - epoch * num_examples:hi - epoch * num_examples]
     return indices.view(steps, global_batch), epochs.view(steps, global_batch)
 
 
@@ -65,14 +67,18 @@ class _RankStream(torch.utils.data.Dataset):
                  accumulation: int, first: int, steps: int):
         self.fetch, self.stream = fetch, (num_examples, global_batch, seed)
         self.split, self.first, self.steps = (rank, world_size, accumulation), first, steps
+        self._step = None, None  # (step, its micro-batches' indices and epochs): its other micro-batches come next
 
     def __len__(self):
         return self.steps * self.split[2]
 
     def __getitem__(self, k):
         step, a = divmod(k, self.split[2])
-        indices, epochs = stream_steps(*self.stream, self.first + step, 1)
-        return _made(self.fetch, micro_batches(indices[0], *self.split)[a], micro_batches(epochs[0], *self.split)[a])
+        if self._step[0] != step:
+            indices, epochs = stream_steps(*self.stream, self.first + step, 1)
+            self._step = step, (micro_batches(indices[0], *self.split), micro_batches(epochs[0], *self.split))
+        indices, epochs = self._step[1]
+        return _made(self.fetch, indices[a], epochs[a])
 
 
 def _made(fetch, *args):
