@@ -138,6 +138,11 @@ def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator
             lock: FolderLock) -> Run | None:
     """Check the launch, print the run header, lock and open the run folder and restore the checkpoint to
     resume from; None for --dry-run, after the header."""
+    if accelerator.state.deepspeed_plugin is not None and cfg.channels_last:
+        # ZeRO flattens the weights into one buffer through views that need them contiguous (NCHW).
+        accelerator.print("note: --channels-last is off under DeepSpeed (ZeRO needs contiguous weights)")
+        cfg = dataclasses.replace(cfg, channels_last=False)
+        model.to(memory_format=torch.contiguous_format)
     W = accelerator.num_processes
     micro, A = cfg.split(W)
     accelerator.gradient_accumulation_steps = A
