@@ -9,6 +9,9 @@ decay to the end), checkpointing every 2 steps; then the run is resumed from its
   x W·A accumulation steps: the same examples in the same BN groups) within `drift_tolerance`, exactly
   where the engine promises exact;
 - a combination the product refuses (LARS under ZeRO) is refused in one line.
+Every cell runs NCHW: DeepSpeed turns channels-last off (its flat weights need contiguous views), and ZeRO-1
+is compared with DDP bit for bit, so both must see the same memory format; channels-last's own splits and
+resume are tests/test_speed_modes.py's.
 
 One `accelerate launch` per engine trains all of its cells (tests/matrix_train.py).
 """
@@ -48,7 +51,7 @@ def args_of(form, accumulation, bn):
                              "--subset", STEPS * B, "--epochs", 1, "--warmup-epochs", 0.5, "--schedule", "cosine",
                              "--base-batch", MICRO, "--base-lr", 0.05, "--checkpoint-every", 2,
                              "--keep-checkpoints", 3, "--eval-every", 10, "--precise-bn", 256, "--seed", 5,
-                             *FORMS[form]]]
+                             "--channels-last", "false", *FORMS[form]]]
 
 
 def _folder(root, engine, form, accumulation, bn):
