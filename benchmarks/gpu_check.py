@@ -175,9 +175,8 @@ class _OnDevice:
 
 
 def _device_bare_loop(base, device: str, dtype):
-    """engine_vs_bare.BareLoop on `device`: model and batches there (in the config's memory format), bf16
-    autocast when asked, torch.compile with cfg.compile, and a synchronize at the end of each step so its
-    time is its own (the engine's step ends in a `.item()`)."""
+    """engine_vs_bare.BareLoop on `device`: model and batches there, bf16 autocast when asked, and a
+    synchronize at the end of each step so its time is its own (the engine's step ends in a `.item()`)."""
     import torch
 
     from largebatch.training.models import memory_format
@@ -185,8 +184,7 @@ def _device_bare_loop(base, device: str, dtype):
     class DeviceBareLoop(base):
         def __init__(self, cfg, data):
             super().__init__(cfg, _OnDevice(data, device, memory_format(cfg)))
-            self.model.to(device)  # in place: the optimizer keeps the same parameters
-            self.ddp = torch.compile(self.model) if cfg.compile else self.model
+            self.model.to(device)  # in place (before the compiled module first runs): the optimizer keeps them
 
         def step(self):
             with torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
@@ -216,12 +214,8 @@ def part_engine(args, channels_last: bool, compile: bool) -> dict:
     cfg = _speed_config(args, channels_last=channels_last, compile=compile)
     data = Synthetic(args.device, args.size, (args.warmup + args.steps) * cfg.global_batch)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    base = engine_vs_bare.BareLoop
-    engine_vs_bare.BareLoop = _device_bare_loop(base, args.device, dtype)  # what `interleaved` builds
-    try:
-        bare_s, engine_s = engine_vs_bare.interleaved(cfg, data, args.steps, args.warmup)
-    finally:
-        engine_vs_bare.BareLoop = base
+    bare_s, engine_s = engine_vs_bare.interleaved(
+        cfg, data, args.steps, args.warmup, bare_loop=_device_bare_loop(engine_vs_bare.BareLoop, args.device, dtype))
     ratios = [b / e for b, e in zip(bare_s, engine_s)]
     q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
     return dict(steps=len(engine_s), bare=cfg.global_batch / statistics.median(bare_s),

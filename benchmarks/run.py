@@ -1,6 +1,6 @@
-"""`make bench`: every engine-vs-bare case on 1 and 2 CPU processes, and the all-reduce calibration.
+"""`make bench`: every engine-vs-bare case on 1 and 2 CPU processes, the speed options, and the all-reduce calibration.
 
-    .venv/bin/python benchmarks/run.py --out runs/bench          # about 15 minutes on 2 cores
+    .venv/bin/python benchmarks/run.py --out runs/bench          # about 30 minutes on 2 cores (compiling: 2 min a loop)
     .venv/bin/python benchmarks/run.py --out runs/bench --tiny   # a smoke run (CI)
 
 Writes results.json, tables.md and calibration.json (for `largebatch plan --calibration`) in --out.
@@ -36,10 +36,47 @@ def launch(script: str, args: list[str], processes: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# The speed options on the recipe's step (1 process, micro-batch 256, accumulation 1, ghost BN); eager NCHW
+# is the engine before them.
+OPTIONS = {"NCHW, eager": ["--channels-last", "false"], "channels-last, eager": ["--channels-last", "true"],
+           "NCHW, compiled": ["--channels-last", "false", "--compile"],
+           "channels-last, compiled": ["--channels-last", "true", "--compile"]}
+
+
+def options_table(options: dict) -> str:
+    # Every engine is measured against the same yardstick, a bare eager NCHW loop interleaved with it, so an
+    # option's gain over the eager NCHW engine is the ratio of two paired ratios; then against a bare loop
+    # with the same options, the engine's own overhead.
+    today = options["NCHW, eager"]["yardstick"]["ratio_quartiles"][1]
+    lines = ["| options | engine img/s | engine / bare NCHW eager, paired (quartiles) | engine / engine NCHW eager | "
+             "bare, same options, img/s | engine / bare, same options, paired (quartiles) |", "|---|---|---|---|---|---|"]
+    for name, o in options.items():
+        y, same = o["yardstick"], o["same"]
+        (a1, a2, a3), (b1, b2, b3) = y["ratio_quartiles"], same["ratio_quartiles"]
+        lines.append(f"| {name} | {y['engine']:.0f} | {a2:.3f} ({a1:.3f}-{a3:.3f}) | **{a2 / today:.2f}x** | "
+                     f"{same['bare']:.0f} | **{b2:.3f}** ({b1:.3f}-{b3:.3f}) |")
+    return "\n".join(lines) + "\n"
+
+
+def speed_options(tiny: bool) -> dict:
+    """Each option's engine against the bare eager NCHW loop and against a bare loop with the same options."""
+    names = ["NCHW, eager", "channels-last, eager"] if tiny else list(OPTIONS)
+    common = ["--micro-batch", "256", "--bn", "ghost", "--steps", "2" if tiny else "60", "--warmup", "3"]
+    results = {}
+    for name in names:
+        yardstick = launch("engine_vs_bare.py", common + OPTIONS[name] + ["--bare", "nchw-eager"], 1)
+        same = yardstick if name == "NCHW, eager" else launch("engine_vs_bare.py", common + OPTIONS[name], 1)
+        results[name] = dict(yardstick=yardstick, same=same)
+        print(f"{name}: engine {yardstick['engine']:.0f} img/s, {yardstick['ratio_quartiles'][1]:.3f} of a bare NCHW "
+              f"eager loop; {same['ratio_quartiles'][1]:.3f} of a bare loop with the same options", flush=True)
+    return results
+
+
 def tables(cases: list[dict], comm: dict) -> str:
     # The headline ratio pairs each engine step with the bare step next to it (the median of those
     # ratios); the ratio of the two median steps, an unpaired estimate, is shown beside it.
-    lines = ["| processes | accumulation | BN | steps | bare loop img/s | engine img/s | engine / bare, paired "
+    lines = ["The engine's defaults (channels-last, eager) on both loops, micro-batch 128.", "",
+             "| processes | accumulation | BN | steps | bare loop img/s | engine img/s | engine / bare, paired "
              "(quartiles) | engine / bare, unpaired | engine's extra ms per step |", "|---|---|---|---|---|---|---|---|---|"]
     for c in cases:
         q1, q2, q3 = c["ratio_quartiles"]
@@ -80,12 +117,14 @@ def main():
                   f"engine {c['engine']:.0f} img/s, engine/bare {c['ratio_quartiles'][1]:.3f} paired "
                   f"[{time.time() - start:.0f} s]",
                   flush=True)
+    options = speed_options(args.tiny)
     comm_args = ["--out", str(out / "calibration.json")]
     comm_args += ["--repeats", "1", "--max-mb", "0.1", "--models", "resnet_fmnist"] if args.tiny else []
     comm = launch("allreduce.py", comm_args, 2)
-    (out / "results.json").write_text(json.dumps(dict(cases=cases, allreduce=comm), indent=2))
-    (out / "tables.md").write_text(tables(cases, comm))
-    print(tables(cases, comm))
+    (out / "results.json").write_text(json.dumps(dict(cases=cases, options=options, allreduce=comm), indent=2))
+    text = tables(cases, comm) + "\n" + options_table(options)
+    (out / "tables.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

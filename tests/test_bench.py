@@ -26,6 +26,15 @@ def test_bench_smoke(tmp_path, fmnist_dir):
     w, net = plan.load_calibration(tmp_path / "calibration.json")
     assert w.params == 310_226 and w.forward > 0 and w.backward > 0 and net.gpus_per_server == 1
     assert "| 2 | 1 | ghost |" in (tmp_path / "tables.md").read_text()
+    # The speed options: the engine with each against a bare eager NCHW loop, and against a bare loop with
+    # the same options (for eager NCHW, the same measurement).
+    options = results["options"]
+    assert list(options) == ["NCHW, eager", "channels-last, eager"]
+    assert options["NCHW, eager"]["same"] == options["NCHW, eager"]["yardstick"]
+    cl = options["channels-last, eager"]
+    assert cl["yardstick"]["channels_last"] and cl["yardstick"]["bare_options"] == "nchw-eager"
+    assert cl["same"]["channels_last"] and cl["same"]["bare_options"] == "same" and cl["same"] != cl["yardstick"]
+    assert "| channels-last, eager |" in (tmp_path / "tables.md").read_text()
 
 
 def test_input_pipeline_bench_smoke(tmp_path):
