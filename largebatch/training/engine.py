@@ -24,8 +24,8 @@ from ..errors import Stopped, UserError
 from . import checkpoint, metrics
 from .config import Config
 from .evaluate import Evaluator
-from .launch import (check_compiled, check_deepspeed_engaged, compile_backend, finish, log_summary, make_accelerator,
-                     start_wandb, sweep_of, training_mode, uses_wandb, zero_stage)
+from .launch import (check_compilable, check_compiled, check_deepspeed_engaged, compile_backend, finish, log_summary,
+                     make_accelerator, start_wandb, sweep_of, training_mode, uses_wandb, zero_stage)
 from .metrics import MetricsLog, write_summary
 from .models import memory_format
 from .noise import NoiseScale
@@ -217,6 +217,7 @@ def _check_launch(cfg: Config, accelerator: Accelerator, accumulation: int, meas
     if zero is not None and compile_backend(accelerator):
         raise UserError(f"--compile (or accelerate's --dynamo_backend {compile_backend(accelerator)}) is not supported "
                         f"under DeepSpeed ZeRO stage {zero} here; drop it, or train with DDP (accelerate_configs/gpu_8.yaml)")
+    check_compilable(accelerator)
     if cfg.optimizer == "adascale" and not measure_noise:
         raise UserError(f"--optimizer adascale measures gradient noise from micro-batches, so it needs gradient "
                         f"accumulation (now {accumulation}) and no DeepSpeed; use a smaller --micro-batch")

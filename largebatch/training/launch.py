@@ -104,6 +104,19 @@ def compile_backend(accelerator: Accelerator) -> str | None:
     return None if backend == DynamoBackend.NO else backend.value.lower()
 
 
+def check_compilable(accelerator: Accelerator) -> None:
+    """Inductor on a CPU builds C++ kernels for the vector instruction set it picks; with none (a CPU without
+    AVX2, or ATEN_CPU_CAPABILITY=default) torch 2.14.1 still emits vector code for the model's layout changes
+    and fails to build it, deep inside the first step: refuse before training instead."""
+    if compile_backend(accelerator) != "inductor" or accelerator.device.type != "cpu":
+        return
+    from torch._inductor.cpu_vec_isa import pick_vec_isa  # imports inductor: only when compiling
+    if not pick_vec_isa():
+        raise UserError(f"--compile on CPU: inductor found no vector instruction set here (ATEN_CPU_CAPABILITY="
+                        f"{os.environ.get('ATEN_CPU_CAPABILITY', 'unset')}) and its C++ kernels for this model do "
+                        f"not build without one; drop --compile, or unset ATEN_CPU_CAPABILITY on a CPU with AVX2")
+
+
 def check_compiled(model, accelerator: Accelerator) -> None:
     """A run asked to compile must train a compiled model: never a silent fallback to eager."""
     if compile_backend(accelerator) and not is_compiled_module(model):
