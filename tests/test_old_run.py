@@ -24,7 +24,7 @@ def test_old_run_loads_for_the_report_and_compare(tmp_path):
 
 def test_old_checkpoint_verifies():
     path, progress = checkpoint.latest_usable(OLD_RUN / "checkpoints")
-    assert path.name == "step_00000002" and progress["step"] == 2 and "version" not in progress
+    assert path.name == "step_00000002" and progress.step == 2 and progress.version == 0
 
 
 @pytest.mark.slow

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from ..errors import Stopped, UserError, exit_with
 from ..training import noise
-from ..training.metrics import STATUS, read_metrics, read_summary
+from ..training.metrics import read_metrics, read_summary
+from ..training.runfolder import (CONFIG, DIVERGED, EPOCH, FINISHED, GRAD_SQ, GRAD_VAR, LOSS, METRICS, NOISE_SCALE,
+                                  STATUS, TEST_ERROR, TRAIN_ERROR, RunFolder)
 from ..training.recipes import RECIPES, run_recipe
 from . import figures, plan
 from .dashboard import SWEEP_FILES, dashboard
@@ -24,21 +26,21 @@ def compare(run_dirs: list[str], plot: str, band: float = 0.5, seeds: str | None
     curves to `plot`. `seeds`: a check.json of benchmarks/demo_check.py, whose seed spread and tally of other
     seed pairs the last verdict line quotes (one seed pair is one sample)."""
     rows, labels, finals = [], [], []
-    for run in map(Path, run_dirs):
-        if not (run / "metrics.jsonl").is_file() or not (run / "config.json").is_file():
-            raise UserError(f"{run} is not a finished run folder (needs config.json and metrics.jsonl)")
-        cfg = json.loads((run / "config.json").read_text())
-        _, evals = read_metrics(run / "metrics.jsonl")
+    for run in map(RunFolder, run_dirs):
+        if not run.started():
+            raise UserError(f"{run.path} is not a finished run folder (needs {CONFIG} and {METRICS})")
+        cfg = run.read_config()
+        _, evals = read_metrics(run.metrics)
         if not evals:
-            raise UserError(f"{run} has no evaluation yet")
-        last, summary = evals[-1], read_summary(run)
-        unfinished = None if summary and summary[STATUS] == "finished" else (
-            "diverged" if summary else f"not finished: epoch {last['epoch']:.1f} of {cfg['epochs']:g}")
+            raise UserError(f"{run.path} has no evaluation yet")
+        last, summary = evals[-1], read_summary(run.path)
+        unfinished = None if summary and summary[STATUS] == FINISHED else (
+            DIVERGED if summary else f"not finished: epoch {last[EPOCH]:.1f} of {cfg['epochs']:g}")
         labels.append(f"B={cfg['global_batch']}")
-        finals.append((cfg, 100 * last["test_error"], unfinished))
-        rows.append(f"{run.name:<28} {cfg['global_batch']:>6} {cfg['accumulation_steps']:>5} {cfg['peak_lr']:>7.3g} "
-                    f"{cfg['warmup'] if cfg['warmup_steps'] else 'none':>8} {last['epoch']:>6.1f} "
-                    f"{100 * last['train_error']:>8.2f} {100 * last['test_error']:>8.2f}"
+        finals.append((cfg, 100 * last[TEST_ERROR], unfinished))
+        rows.append(f"{run.path.name:<28} {cfg['global_batch']:>6} {cfg['accumulation_steps']:>5} "
+                    f"{cfg['peak_lr']:>7.3g} {cfg['warmup'] if cfg['warmup_steps'] else 'none':>8} {last[EPOCH]:>6.1f} "
+                    f"{100 * last[TRAIN_ERROR]:>8.2f} {100 * last[TEST_ERROR]:>8.2f}"
                     + (f"  ({unfinished})" if unfinished else ""))
     figures.training_curves(list(map(Path, run_dirs)), labels, Path(plot))
     header = f"{'run':<28} {'B':>6} {'accum':>5} {'lr':>7} {'warmup':>8} {'epoch':>6} {'train %':>8} {'test %':>8}"
@@ -70,7 +72,7 @@ def _verdicts(finals: list[tuple[dict, float, str | None]], band: float) -> list
     for cfg, error, unfinished in finals[1:]:
         if unfinished:
             lines.append(f"B = {cfg['global_batch']}: no verdict, the run is {unfinished}"
-                         + ("" if unfinished == "diverged" else "; finish it with --resume"))
+                         + ("" if unfinished == DIVERGED else "; finish it with --resume"))
             continue
         k, inside = cfg["global_batch"] / base["global_batch"], error <= base_error + band
         lines.append(f"B = {cfg['global_batch']} ({k:g}x the baseline, {cfg['accumulation_steps']} accumulation "
@@ -89,15 +91,16 @@ def noise_run(args) -> str:
     run_recipe(args.recipe, [f"--global-batch={args.global_batch}", f"--micro-batch={args.micro_batch}",
                              f"--epochs={args.epochs:g}", f"--warmup-epochs={args.epochs / 4:g}",
                              f"--run-dir={args.run_dir}", "--resume", *args.recipe_args])
-    steps, _ = read_metrics(Path(args.run_dir) / "metrics.jsonl")
-    cfg = json.loads((Path(args.run_dir) / "config.json").read_text())
+    run = RunFolder(args.run_dir)
+    steps, _ = read_metrics(run.metrics)
+    cfg = run.read_config()
     b_crit, rows = noise.critical_batch(steps)
     if not rows:
         raise UserError(f"{args.run_dir} logged no noise scale (it needs gradient accumulation)")
     batch, lr = noise.recommend(b_crit, args.micro_batch, cfg["base_lr"], cfg["base_batch"])
     lines = [f"{'epoch':>6} {'loss':>7} {'tr(Σ)':>10} {'|G|²':>10} {'B_simple':>9}"]
-    lines += [f"{r['epoch']:>6.2f} {r['loss']:>7.3f} {r['grad_var']:>10.4g} {r['grad_sq']:>10.4g} "
-              f"{r['noise_scale']:>9.0f}" for r in rows]
+    lines += [f"{r[EPOCH]:>6.2f} {r[LOSS]:>7.3f} {r[GRAD_VAR]:>10.4g} {r[GRAD_SQ]:>10.4g} {r[NOISE_SCALE]:>9.0f}"
+              for r in rows]
     lines += [f"critical batch (B_simple at the peak learning rate): {b_crit:.0f}. It grows as the loss falls, "
               f"so a longer run's is larger.",
               f"recommended: --global-batch {batch} --base-lr {cfg['base_lr']:g} (lr {lr:g} by linear scaling) with "

@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import html
-import json
 import math
 import re
 import statistics
@@ -19,7 +18,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..training.config import Config
-from ..training.metrics import STATUS, SUMMARY, final_error, read_metrics, read_summary
+from ..training.metrics import final_error, read_metrics, read_summary
+from ..training.runfolder import DIVERGED, EPOCH, FINISHED, STATUS, SUMMARY, TRAIN_ERROR, RunFolder
 from ..training.noise import critical_batch
 from . import figures, steps
 from .sweep import load_sweep
@@ -67,7 +67,7 @@ class Group:
 
     @property
     def ok(self) -> list[Run]:
-        return [r for r in self.runs if r.status == "finished"]
+        return [r for r in self.runs if r.status == FINISHED]
 
     @property
     def mean(self) -> float:
@@ -79,7 +79,7 @@ class Group:
 
     @property
     def train_mean(self) -> float:
-        return statistics.mean(r.evals[-1]["train_error"] for r in self.ok) if self.ok else math.nan
+        return statistics.mean(r.evals[-1][TRAIN_ERROR] for r in self.ok) if self.ok else math.nan
 
     @property
     def b_simple(self) -> float:
@@ -105,8 +105,8 @@ class Group:
         """Training error per evaluation, averaged over the seeds that finished."""
         runs = self.ok or self.runs
         n = min(len(r.evals) for r in runs)
-        return ([e["epoch"] for e in runs[0].evals[:n]],
-                [statistics.mean(r.evals[i]["train_error"] for r in runs) for i in range(n)])
+        return ([e[EPOCH] for e in runs[0].evals[:n]],
+                [statistics.mean(r.evals[i][TRAIN_ERROR] for r in runs) for i in range(n)])
 
 
 @dataclasses.dataclass
@@ -123,17 +123,18 @@ class SweepResult:
 
 def load_run(folder: Path) -> Run | str:
     """The run in `folder`, or why it is not in the report (not started, still running or stopped, damaged)."""
-    if not (folder / "config.json").is_file() or not (folder / "metrics.jsonl").is_file():
+    run = RunFolder(folder)
+    if not run.started():
         return "not started"
     summary = read_summary(folder)
     if summary is None:  # still running, interrupted or damaged: `largebatch sweep` again finishes it
-        return "not finished" if not (folder / SUMMARY).is_file() else f"its {SUMMARY} is damaged"
-    steps, evals = read_metrics(folder / "metrics.jsonl")
+        return "not finished" if not run.summary.is_file() else f"its {SUMMARY} is damaged"
+    steps, evals = read_metrics(run.metrics)
     status = summary[STATUS]
-    if not evals and status != "diverged":
+    if not evals and status != DIVERGED:
         return "finished without an evaluation"
     # Options added since the run was written are at their defaults: what the code that wrote it did.
-    config = dataclasses.asdict(Config()) | json.loads((folder / "config.json").read_text())
+    config = dataclasses.asdict(Config()) | run.read_config()
     return Run(folder, config, status, evals, critical_batch(steps)[0])
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import sys
 import time
@@ -21,12 +20,14 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ..errors import Stopped, UserError
-from . import checkpoint, metrics
+from . import checkpoint
 from .config import Config
 from .evaluate import Evaluator
 from .launch import (check_compiled, check_deepspeed_engaged, compile_backend, finish, log_summary, make_accelerator,
                      start_wandb, sweep_of, training_mode, uses_wandb, zero_stage)
 from .metrics import MetricsLog, write_summary
+from .runfolder import (DIVERGED, EPOCH, EXAMPLES, FINISHED, GAIN, GRAD_SQ, GRAD_VAR, LOSS, LR, NOISE_SCALE, STEP,
+                        TAU, TEST_ERROR, TEST_LOSS, TRAIN_ERROR, Progress, RunFolder, RunInfo)
 from .models import memory_format
 from .noise import NoiseScale
 from .optim import build_optimizer
@@ -53,7 +54,7 @@ class Run:
     micro: int  # examples per device per pass
     accumulation: int
     data_id: dict  # the data set's name, size and classes: a checkpoint must match it
-    run_dir: Path
+    folder: RunFolder
     segments: list = dataclasses.field(default_factory=list)  # the run's history of splits (config.json)
     stepper: Stepper | None = None
     log: MetricsLog | None = None
@@ -65,7 +66,7 @@ class Run:
 
     @property
     def ckpt_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
+        return self.folder.checkpoints
 
 
 def train(cfg: Config, data, model: torch.nn.Module, dataset: str = "data") -> dict:
@@ -87,7 +88,7 @@ def train(cfg: Config, data, model: torch.nn.Module, dataset: str = "data") -> d
         except RuntimeError as e:  # torch raises a loader worker's death from its SIGCHLD handler, wherever we are
             if not str(e).startswith("DataLoader worker"):
                 raise
-            raise UserError(_worker_died(str(e), cfg, run_dir_of(cfg, dataset) / "checkpoints")) from None
+            raise UserError(_worker_died(str(e), cfg, RunFolder(run_dir_of(cfg, dataset)).checkpoints)) from None
         finally:
             lock.release()
             finish(accelerator, callers_group)
@@ -125,12 +126,12 @@ def train_loop(run: Run, stop: StopSignals) -> dict:
     except NonFinite as e:
         message = _divergence(run, e.what, step, lr)
         if acc.is_main_process:
-            log_summary(acc, cfg, write_summary(run.run_dir, "diverged", message=message))
+            log_summary(acc, cfg, write_summary(run.folder.path, DIVERGED, message=message))
         raise Diverged(message) from None
     finally:
         bar.close()  # before any error message, so that message is the last line
     if acc.is_main_process:
-        log_summary(acc, cfg, write_summary(run.run_dir, "finished"))
+        log_summary(acc, cfg, write_summary(run.folder.path, FINISHED))
     return last_eval
 
 
@@ -160,13 +161,12 @@ def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator
     if cfg.dry_run:
         return None
     data_id = dict(name=dataset, num_train=num_train, num_classes=data.num_classes)
-    run = Run(cfg, data, accelerator, sched, micro, A, data_id, run_dir_of(cfg, dataset),
+    run = Run(cfg, data, accelerator, sched, micro, A, data_id, RunFolder(run_dir_of(cfg, dataset)),
               noise=NoiseScale(NOISE_DECAY) if measure_noise else None)
-    lock.acquire(run.run_dir, accelerator)  # before anything in the folder is read or written
+    lock.acquire(run.folder.path, accelerator)  # before anything in the folder is read or written
     split = dict(world_size=W, micro_batch=micro, accumulation=A)
     resume_from, progress = checkpoint.resume_point(cfg, run.ckpt_dir, data_id, training_mode(accelerator), split)
-    run.segments = progress.get("segments", []) + [dict(step=progress.get("step", 0), **split,
-                                                        started=time.strftime("%Y-%m-%d %H:%M:%S"))]
+    run.segments = progress.segments + [dict(step=progress.step, **split, started=time.strftime("%Y-%m-%d %H:%M:%S"))]
     _open_run_dir(run, W)
     optimizer = build_optimizer(cfg, model, lr_at(0, sched))
     if deepspeed:
@@ -182,7 +182,7 @@ def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator
     model.train()
     run.stepper = Stepper(accelerator, model, optimizer, A, measure_noise, memory_format(cfg))
     run.evaluate = Evaluator(cfg, accelerator, data, micro)
-    run.log = MetricsLog(run.run_dir / "metrics.jsonl", accelerator, run.ckpt_dir)
+    run.log = MetricsLog(run.folder.metrics, accelerator, run.ckpt_dir)
     _restore(run, resume_from, progress)
     return run
 
@@ -241,19 +241,19 @@ def _open_run_dir(run: Run, world_size: int) -> None:
     """config.json (every option, the derived batch split and schedule, and the `segments` of the run so far:
     from which step it ran on which split), and W&B when asked."""
     cfg, sched = run.cfg, run.sched
-    info = dict(dataclasses.asdict(cfg), dataset=run.data_id["name"], num_classes=run.data.num_classes,
-                in_chans=run.data.in_chans, mode=training_mode(run.accelerator), world_size=world_size,
-                micro_batch_used=run.micro, accumulation_steps=run.accumulation, peak_lr=sched.peak_lr,
-                warmup_steps=sched.warmup_steps, total_steps=sched.total_steps,
-                steps_per_epoch=sched.steps_per_epoch, segments=run.segments, sweep=sweep_of())
+    info = RunInfo(dataclasses.asdict(cfg), dataset=run.data_id["name"], num_classes=run.data.num_classes,
+                   in_chans=run.data.in_chans, mode=training_mode(run.accelerator), world_size=world_size,
+                   micro_batch_used=run.micro, accumulation_steps=run.accumulation, peak_lr=sched.peak_lr,
+                   warmup_steps=sched.warmup_steps, total_steps=sched.total_steps,
+                   steps_per_epoch=sched.steps_per_epoch, segments=run.segments, sweep=sweep_of())
     if run.accelerator.is_main_process:
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.replace_file(run.run_dir / "config.json", json.dumps(info, indent=2), run.ckpt_dir)
+        run.folder.path.mkdir(parents=True, exist_ok=True)
+        checkpoint.replace_file(run.folder.config, info.to_json(), run.ckpt_dir)
     if uses_wandb(cfg):
-        start_wandb(run.accelerator, cfg, run.run_dir, info)
+        start_wandb(run.accelerator, cfg, run.folder.path, info.to_dict())
 
 
-def _restore(run: Run, resume_from: Path | None, progress: dict) -> None:
+def _restore(run: Run, resume_from: Path | None, progress: Progress) -> None:
     """Model, optimizer, RNG states, the step, the running training statistics and the noise averages."""
     acc = run.accelerator
     run.seen = torch.zeros(3, device=acc.device)
@@ -264,11 +264,11 @@ def _restore(run: Run, resume_from: Path | None, progress: dict) -> None:
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             raise UserError(f"checkpoint {resume_from} does not fit this --model/optimizer "
                             f"({type(e).__name__}: {first})") from None
-        run.start = progress["examples"] // run.cfg.global_batch
-        run.tau = min(progress["tau"], run.sched.total_steps) if run.sched.gained else run.start
-        run.seen = torch.tensor(progress["train_stats"], device=acc.device)
-        if run.noise is not None and progress.get("noise"):
-            run.noise.load(progress["noise"])
+        run.start = progress.examples // run.cfg.global_batch
+        run.tau = min(progress.tau, run.sched.total_steps) if run.sched.gained else run.start
+        run.seen = torch.tensor(progress.train_stats, device=acc.device)
+        if run.noise is not None and progress.noise:
+            run.noise.load(progress.noise)
         acc.print(f"resuming from {resume_from} at step {run.start}")
         _announce_rate_change(run, progress)
     elif run.cfg.resume:
@@ -276,14 +276,13 @@ def _restore(run: Run, resume_from: Path | None, progress: dict) -> None:
     run.log.start(resume_from / checkpoint.LOG if resume_from else None)
 
 
-def _announce_rate_change(run: Run, progress: dict) -> None:
+def _announce_rate_change(run: Run, progress: Progress) -> None:
     """A resume with --allow-change reads the new options' schedule at the resume step: say what that does to
     the rate (extending a finished run's epochs moves its decays later, so its decayed rate jumps back up)."""
-    if run.sched.gained or progress["config"] == run.cfg.trajectory() or run.start == 0:
+    if run.sched.gained or progress.config == run.cfg.trajectory() or run.start == 0:
         return
-    old = dataclasses.replace(run.cfg, **{k: v for k, v in progress["config"].items()
-                                          if k in run.cfg.trajectory()})
-    before = lr_at(run.start - 1, schedule_of(old, progress["dataset"]["num_train"] / old.global_batch))
+    old = dataclasses.replace(run.cfg, **{k: v for k, v in progress.config.items() if k in run.cfg.trajectory()})
+    before = lr_at(run.start - 1, schedule_of(old, progress.dataset["num_train"] / old.global_batch))
     after = lr_at(run.start, run.sched)
     if math.isclose(before, after, rel_tol=1e-6):
         return
@@ -314,17 +313,17 @@ def _log_step(run: Run, step: int, lr: float, gain: float, stats: StepStats, bar
     """The step's row in metrics.jsonl (and W&B), the noise-scale update, and the progress bar."""
     cfg, per_epoch = run.cfg, run.sched.steps_per_epoch
     run.seen += torch.stack(stats[:3])
-    row = {metrics.GAIN: gain, metrics.TAU: run.tau} if run.sched.adascale else {}
+    row = {GAIN: gain, TAU: run.tau} if run.sched.adascale else {}
     if run.noise is not None and torch.isfinite(stats.batch_grad_sq):  # not a step fp16's scaler skipped
         W = run.accelerator.num_processes
         # Mean over ranks of the local micro-batch norms; the batch norm is the same on all.
         run.noise.update(stats.micro_grad_sq.item() / W, run.micro, stats.batch_grad_sq.item() / W,
                          cfg.global_batch)
-        row.update(zip((metrics.GRAD_VAR, metrics.GRAD_SQ, metrics.NOISE_SCALE),
+        row.update(zip((GRAD_VAR, GRAD_SQ, NOISE_SCALE),
                        (*run.noise.estimates(), run.noise.b_simple)))
     loss = stats.loss
-    run.log.log({"step": step, metrics.EPOCH: (step + 1) / per_epoch, metrics.LR: lr, metrics.LOSS: loss,
-                 metrics.EXAMPLES: (step + 1) * cfg.global_batch, **row}, step=step)
+    run.log.log({STEP: step, EPOCH: (step + 1) / per_epoch, LR: lr, LOSS: loss,
+                 EXAMPLES: (step + 1) * cfg.global_batch, **row}, step=step)
     bar.update(cfg.global_batch)
     bar.set_postfix(epoch=f"{(step + 1) / per_epoch:.2f}", lr=f"{lr:.3g}", loss=f"{loss:.3f}",
                     refresh=False)  # the bar redraws every `mininterval`, not at every step
@@ -333,20 +332,19 @@ def _log_step(run: Run, step: int, lr: float, gain: float, stats: StepStats, bar
 def _evaluate(run: Run, step: int, bar) -> dict:
     """Test error and loss, and the training error since the last evaluation; logged and printed."""
     test_error, test_loss = run.evaluate(run.stepper.model)
-    row = {metrics.EPOCH: (step + 1) / run.sched.steps_per_epoch,
-           metrics.TRAIN_ERROR: (run.seen[1] / run.seen[2]).item(),
-           metrics.TEST_ERROR: test_error, metrics.TEST_LOSS: test_loss}
+    row = {EPOCH: (step + 1) / run.sched.steps_per_epoch, TRAIN_ERROR: (run.seen[1] / run.seen[2]).item(),
+           TEST_ERROR: test_error, TEST_LOSS: test_loss}
     run.seen.zero_()
     run.log.log(row, step=step)
     if run.accelerator.is_local_main_process:
-        bar.write(f"epoch {row[metrics.EPOCH]:.2f}: train error {row[metrics.TRAIN_ERROR]:.4f}, "
+        bar.write(f"epoch {row[EPOCH]:.2f}: train error {row[TRAIN_ERROR]:.4f}, "
                   f"test error {test_error:.4f}, test loss {test_loss:.4f}")
     return row
 
 
 def _save(run: Run, done: int) -> int:
     """Checkpoint `done` steps; returns `done`."""
-    checkpoint.save(run.accelerator, run.ckpt_dir, done, dict(
+    checkpoint.save(run.accelerator, run.ckpt_dir, done, Progress(
         step=done, examples=done * run.cfg.global_batch, tau=run.tau, config=run.cfg.trajectory(),
         dataset=run.data_id, mode=training_mode(run.accelerator), segments=run.segments,
         train_stats=run.seen.tolist(), noise=run.noise.state() if run.noise else None),
