@@ -291,6 +291,8 @@ def part_zero2(args) -> dict:
     import dataclasses
     import math
 
+    from largebatch.training.runfolder import Mode
+
     _set_precision(args)
     cfg = _speed_config(args, channels_last=args.device == "cuda")
     data = Synthetic(args.device, args.size, (args.warmup + args.steps + 1) * cfg.global_batch)
@@ -301,7 +303,7 @@ def part_zero2(args) -> dict:
         info = json.loads((Path(run.run_dir) / "config.json").read_text())
         losses = [json.loads(line)["loss"] for line in (Path(run.run_dir) / "metrics.jsonl").read_text().splitlines()
                   if "loss" in json.loads(line)]
-    return dict(mode=info["mode"], steps=len(seconds), images_per_s=cfg.global_batch / statistics.median(seconds),
+    return dict(mode=Mode.of(info["mode"]).sentence, steps=len(seconds), images_per_s=cfg.global_batch / statistics.median(seconds),
                 losses_finite=all(math.isfinite(v) for v in losses), last_loss=losses[-1])
 
 

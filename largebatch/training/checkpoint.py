@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from ..errors import UserError, write_failure
 from .config import Config
 from .runfolder import METRICS as LOG  # the run's log up to the checkpoint
-from .runfolder import CONFIG, PROGRESS, Progress
+from .runfolder import CONFIG, PROGRESS, Mode, Progress
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -131,13 +131,13 @@ def latest_usable(folder: Path) -> tuple[Path, Progress] | None:
     return None
 
 
-def resume_point(cfg: Config, folder: Path, dataset: dict, mode: str,
+def resume_point(cfg: Config, folder: Path, dataset: dict, mode: Mode | str,
                  split: dict) -> tuple[Path | None, Progress]:
     """The checkpoint in `folder` to continue from (None: start afresh, from an empty Progress) and its progress.
 
     Checkpoints without --resume, none that verifies, one of another configuration, one written in
-    another training mode (`launch.training_mode`: ZeRO shards and plain state dicts do not load into
-    each other), or on another `split` (world_size, micro_batch, accumulation) of a run that depends on
+    another training `mode` (a Mode, or its stored value or sentence: ZeRO shards and plain state dicts do
+    not load into each other), or on another `split` (world_size, micro_batch, accumulation) of a run that depends on
     it (`Config.split_dependence`): a UserError.
     """
     found = completed(folder)
@@ -150,9 +150,10 @@ def resume_point(cfg: Config, folder: Path, dataset: dict, mode: str,
     if usable is None:
         raise UserError(f"no checkpoint in {folder} passes verification; move the folder away to start again")
     path, progress = usable
-    written = progress.mode or "plain (DDP or one process)"
-    if written != mode:
-        raise UserError(f"checkpoint {path} was written under {written} but this launch is {mode}; resume it with "
+    written, mode = Mode.of(progress.mode), Mode.of(mode)
+    if written is not mode:
+        raise UserError(f"checkpoint {path} was written under {written.sentence} but this launch is {mode.sentence}; "
+                        f"resume it with "
                         f"the launch that wrote it, or take its weights with `largebatch export {folder.parent} "
                         f"OUT.safetensors`")
     changes = check_compatible(path, progress, cfg, dataset)  # first: another global batch is no other split

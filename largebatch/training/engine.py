@@ -27,7 +27,7 @@ from .launch import (check_compiled, check_deepspeed_engaged, compile_backend, f
                      start_wandb, sweep_of, training_mode, uses_wandb, zero_stage)
 from .metrics import MetricsLog, write_summary
 from .runfolder import (DIVERGED, EPOCH, EXAMPLES, FINISHED, GAIN, GRAD_SQ, GRAD_VAR, LOSS, LR, NOISE_SCALE, STEP,
-                        TAU, TEST_ERROR, TEST_LOSS, TRAIN_ERROR, Progress, RunFolder, RunInfo)
+                        TAU, TEST_ERROR, TEST_LOSS, TRAIN_ERROR, Mode, Progress, RunFolder, RunInfo)
 from .models import memory_format
 from .noise import NoiseScale
 from .optim import build_optimizer
@@ -139,7 +139,8 @@ def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator
             lock: FolderLock) -> Run | None:
     """Check the launch, print the run header, lock and open the run folder and restore the checkpoint to
     resume from; None for --dry-run, after the header."""
-    if accelerator.state.deepspeed_plugin is not None and cfg.channels_last:
+    mode = training_mode(accelerator)
+    if mode is not Mode.PLAIN and cfg.channels_last:
         # ZeRO flattens the weights into one buffer through views that need them contiguous (NCHW).
         accelerator.print("note: --channels-last is off under DeepSpeed (ZeRO needs contiguous weights)")
         cfg = dataclasses.replace(cfg, channels_last=False)
@@ -153,8 +154,8 @@ def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator
     if num_train < cfg.global_batch:
         raise UserError(f"--global-batch {cfg.global_batch} is larger than the {num_train} training examples")
     sched = schedule_of(cfg, num_train / cfg.global_batch)
-    accelerator.print(run_header(cfg, W, micro, A, sched, zero_stage(accelerator), compile_backend(accelerator)))
-    deepspeed = accelerator.state.deepspeed_plugin is not None
+    accelerator.print(run_header(cfg, W, micro, A, sched, mode.zero, compile_backend(accelerator)))
+    deepspeed = mode is not Mode.PLAIN
     # The noise scale needs a gradient over part of the batch: the first micro-batch's, so accumulation.
     measure_noise = A > 1 and not deepspeed
     _check_launch(cfg, accelerator, A, measure_noise)
@@ -165,7 +166,7 @@ def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator
               noise=NoiseScale(NOISE_DECAY) if measure_noise else None)
     lock.acquire(run.folder.path, accelerator)  # before anything in the folder is read or written
     split = dict(world_size=W, micro_batch=micro, accumulation=A)
-    resume_from, progress = checkpoint.resume_point(cfg, run.ckpt_dir, data_id, training_mode(accelerator), split)
+    resume_from, progress = checkpoint.resume_point(cfg, run.ckpt_dir, data_id, mode, split)
     run.segments = progress.segments + [dict(step=progress.step, **split, started=time.strftime("%Y-%m-%d %H:%M:%S"))]
     _open_run_dir(run, W)
     optimizer = build_optimizer(cfg, model, lr_at(0, sched))
@@ -242,7 +243,7 @@ def _open_run_dir(run: Run, world_size: int) -> None:
     from which step it ran on which split), and W&B when asked."""
     cfg, sched = run.cfg, run.sched
     info = RunInfo(dataclasses.asdict(cfg), dataset=run.data_id["name"], num_classes=run.data.num_classes,
-                   in_chans=run.data.in_chans, mode=training_mode(run.accelerator), world_size=world_size,
+                   in_chans=run.data.in_chans, mode=training_mode(run.accelerator).value, world_size=world_size,
                    micro_batch_used=run.micro, accumulation_steps=run.accumulation, peak_lr=sched.peak_lr,
                    warmup_steps=sched.warmup_steps, total_steps=sched.total_steps,
                    steps_per_epoch=sched.steps_per_epoch, segments=run.segments, sweep=sweep_of())
@@ -346,7 +347,7 @@ def _save(run: Run, done: int) -> int:
     """Checkpoint `done` steps; returns `done`."""
     checkpoint.save(run.accelerator, run.ckpt_dir, done, Progress(
         step=done, examples=done * run.cfg.global_batch, tau=run.tau, config=run.cfg.trajectory(),
-        dataset=run.data_id, mode=training_mode(run.accelerator), segments=run.segments,
+        dataset=run.data_id, mode=training_mode(run.accelerator).value, segments=run.segments,
         train_stats=run.seen.tolist(), noise=run.noise.state() if run.noise else None),
         run.cfg.keep_checkpoints, run.log.path)
     return done

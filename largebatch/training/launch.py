@@ -16,6 +16,7 @@ from accelerate.utils import DynamoBackend, InitProcessGroupKwargs, is_compiled_
 
 from ..errors import UserError
 from .config import Config
+from .runfolder import Mode
 
 
 def init_gloo_for_this_attempt() -> None:
@@ -80,10 +81,15 @@ def _skip_shared_memory_comm_build() -> None:
         deepspeed.ops.__compatible_ops__[builder.NAME] = False
 
 
+def training_mode(accelerator: Accelerator) -> Mode:
+    """The one answer to "which mode am I in?": plain, or DeepSpeed's ZeRO stage."""
+    plugin = accelerator.state.deepspeed_plugin
+    return Mode.of_stage(None if plugin is None else int(plugin.zero_stage))
+
+
 def zero_stage(accelerator: Accelerator) -> int | None:
     """The ZeRO stage when DeepSpeed runs, else None."""
-    plugin = accelerator.state.deepspeed_plugin
-    return None if plugin is None else int(plugin.zero_stage)
+    return training_mode(accelerator).zero
 
 
 def check_deepspeed_engaged(model) -> None:
@@ -109,12 +115,6 @@ def check_compiled(model, accelerator: Accelerator) -> None:
     if compile_backend(accelerator) and not is_compiled_module(model):
         raise UserError(f"Accelerate was asked to compile with {compile_backend(accelerator)} but prepared an "
                         f"uncompiled {type(model).__name__}; check the accelerate version (pip install '.')")
-
-
-def training_mode(accelerator: Accelerator) -> str:
-    """How model and optimizer state are laid out, which decides the checkpoint format."""
-    stage = zero_stage(accelerator)
-    return "plain (DDP or one process)" if stage is None else f"DeepSpeed ZeRO stage {stage}"
 
 
 def finish(accelerator: Accelerator, callers_group: bool) -> None:

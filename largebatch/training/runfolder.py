@@ -11,6 +11,7 @@ through here, so a rename here is a rename everywhere.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 from pathlib import Path
 
@@ -26,6 +27,37 @@ TRAIN_ERROR, TEST_ERROR, TEST_LOSS = "train_error", "test_error", "test_loss"  #
 # summary.json (and the W&B run summary): the outcome, and the paper's statistic of a run's test error.
 STATUS, FINAL_TEST_ERROR = "status", "final_test_error"
 FINISHED, DIVERGED = "finished", "diverged"  # the two outcomes a summary records
+
+
+class Mode(enum.Enum):
+    """How model and optimizer state are laid out, which decides the checkpoint format (ZeRO shards and plain
+    state dicts do not load into each other). Stored by value; `sentence` is for people."""
+    PLAIN = "plain"  # DDP or one process
+    ZERO1, ZERO2, ZERO3 = "zero1", "zero2", "zero3"
+
+    @classmethod
+    def of_stage(cls, zero: int | None) -> Mode:
+        return cls.PLAIN if zero is None else cls(f"zero{zero}")
+
+    @classmethod
+    def of(cls, stored: Mode | str | None) -> Mode:
+        """A stored value, or the sentence written before modes were stored by value; None (checkpoints older
+        than both): plain."""
+        if isinstance(stored, Mode) or not stored:
+            return stored or cls.PLAIN
+        for mode in cls:
+            if stored in (mode.value, mode.sentence):
+                return mode
+        raise ValueError(f"unknown training mode {stored!r}")
+
+    @property
+    def zero(self) -> int | None:
+        """The ZeRO stage, None when plain."""
+        return None if self is Mode.PLAIN else int(self.value[-1])
+
+    @property
+    def sentence(self) -> str:
+        return "plain (DDP or one process)" if self is Mode.PLAIN else f"DeepSpeed ZeRO stage {self.zero}"
 
 
 def is_eval_row(row: dict) -> bool:
@@ -77,7 +109,7 @@ class RunInfo:
     dataset: str
     num_classes: int
     in_chans: int
-    mode: str  # launch.Mode's value
+    mode: str  # Mode's value
     world_size: int
     micro_batch_used: int
     accumulation_steps: int
@@ -108,7 +140,7 @@ class Progress:
     tau: float = 0.0  # progress through the schedule (schedule.py)
     config: dict = dataclasses.field(default_factory=dict)  # Config.trajectory()
     dataset: dict | None = None  # name, num_train, num_classes
-    mode: str | None = None  # launch.Mode's value or, before it, its sentence; None: written before modes
+    mode: str | None = None  # Mode's value; older files: its sentence, or none at all (Mode.of reads each)
     segments: list = dataclasses.field(default_factory=list)  # as RunInfo.segments
     train_stats: list | None = None  # loss sum, wrong, examples since the last evaluation
     noise: list | None = None  # NoiseScale.state()
