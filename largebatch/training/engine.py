@@ -13,6 +13,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -63,16 +64,20 @@ class Run:
     start: int = 0  # the first optimizer step still to take
     tau: float = 0.0  # progress through the schedule: the step, or AdaScale's sum of gains (schedule.py)
     seen: torch.Tensor | None = None  # training loss sum, wrong, examples since the last evaluation
+    on_step: Callable[[int, dict], None] | None = None  # `train`'s per-step callback
 
     @property
     def ckpt_dir(self) -> Path:
         return self.folder.checkpoints
 
 
-def train(cfg: Config, data, model: torch.nn.Module, dataset: str = "data") -> dict:
+def train(cfg: Config, data, model: torch.nn.Module, dataset: str = "data",
+          on_step: Callable[[int, dict], None] | None = None) -> dict:
     """Train `model` on `data` as `cfg` says; returns the last evaluation row ({} for --dry-run).
 
-    A process group that exists before the call is the caller's and outlives it.
+    `on_step(step, row)` is called on every rank right after each optimizer step's metrics row is logged
+    (benchmarks time the engine's steps with it). A process group that exists before the call is the
+    caller's and outlives it.
     """
     callers_group = dist.is_initialized()
     die_with_launcher()
@@ -84,7 +89,10 @@ def train(cfg: Config, data, model: torch.nn.Module, dataset: str = "data") -> d
         lock = FolderLock()
         try:
             run = prepare(cfg, data, model, dataset, accelerator, lock)
-            return train_loop(run, stop) if run else {}
+            if not run:
+                return {}
+            run.on_step = on_step
+            return train_loop(run, stop)
         except RuntimeError as e:  # torch raises a loader worker's death from its SIGCHLD handler, wherever we are
             if not str(e).startswith("DataLoader worker"):
                 raise
@@ -323,8 +331,11 @@ def _log_step(run: Run, step: int, lr: float, gain: float, stats: StepStats, bar
         row.update(zip((GRAD_VAR, GRAD_SQ, NOISE_SCALE),
                        (*run.noise.estimates(), run.noise.b_simple)))
     loss = stats.loss
-    run.log.log({STEP: step, EPOCH: (step + 1) / per_epoch, LR: lr, LOSS: loss,
-                 EXAMPLES: (step + 1) * cfg.global_batch, **row}, step=step)
+    row = {STEP: step, EPOCH: (step + 1) / per_epoch, LR: lr, LOSS: loss, EXAMPLES: (step + 1) * cfg.global_batch,
+           **row}
+    run.log.log(row, step=step)
+    if run.on_step:
+        run.on_step(step, row)
     bar.update(cfg.global_batch)
     bar.set_postfix(epoch=f"{(step + 1) / per_epoch:.2f}", lr=f"{lr:.3g}", loss=f"{loss:.3f}",
                     refresh=False)  # the bar redraws every `mininterval`, not at every step
