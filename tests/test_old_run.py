@@ -6,7 +6,7 @@ import pytest
 
 from conftest import ROOT, assert_within_drift, launch, step_losses
 
-from largebatch.tools.cli import compare
+from largebatch.tools.compare import compare
 from largebatch.tools.report import load_run
 from largebatch.training import checkpoint
 

@@ -185,9 +185,15 @@ def baseline_of(sweeps: list[SweepResult]) -> Group | None:
     return next((g for g in sweep.groups if g.label["global_batch"] == g.runs[0].config["base_batch"]), None)
 
 
+def match_band(base_errors: list[float], tolerance: float) -> float:
+    """How far above the baseline's mean test error a run may land and still match it: twice the spread (std)
+    of the baseline's seeds, at least `tolerance` (all of it for one seed). `largebatch compare` uses it too."""
+    return max(2 * statistics.stdev(base_errors) if len(base_errors) > 1 else 0.0, tolerance)
+
+
 def scaling_limit(sweep: SweepResult, base: Group, tolerance: float) -> tuple[Group | None, Group | None, float]:
     """(largest batch that holds with every smaller one holding too, the first that does not, band)."""
-    band = max(2 * base.std if len(base.ok) > 1 else 0.0, tolerance)
+    band = match_band([r.error for r in base.ok], tolerance)
     holds, breaks = None, None
     for g in sorted(sweep.groups, key=lambda g: g.label["global_batch"]):
         if g.ok and g.mean <= base.mean + band and len(g.ok) == len(g.runs):
@@ -390,7 +396,7 @@ def _budget_section(sweep: SweepResult, tolerance: float, used: float | None) ->
         groups, ref = [cell.get((epochs, b)) for b in batches], cell.get((epochs, base_batch))
         verdict, spread = "runs missing", ""
         if ref is not None and all(g is not None and g.ok and len(g.ok) == len(g.runs) for g in groups):
-            band = max(2 * ref.std if len(ref.ok) > 1 else 0.0, tolerance)
+            band = match_band([r.error for r in ref.ok], tolerance)
             means = [g.mean for g in groups]
             spread = f"{100 * (max(means) - min(means)):.2f}"
             verdict = "yes" if all(abs(m - ref.mean) <= band for m in means) else "no"
