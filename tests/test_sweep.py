@@ -9,7 +9,7 @@ from conftest import ROOT
 
 from largebatch.tools.cli import main
 from largebatch.training.config import Config
-from largebatch.training.launch import uses_wandb
+from largebatch.training.tracking import uses_wandb
 from largebatch.training.rundir import run_dir_of
 from largebatch.tools.sweep import checked_runs, load_sweep
 

@@ -27,7 +27,7 @@ import yaml
 
 from ..errors import EXIT_STOPPED, UserError
 from ..training.config import Config, parse_config
-from ..training.launch import SWEEP
+from ..training.tracking import SWEEP
 from ..training.metrics import read_summary
 from ..training.runfolder import DIVERGED, STATUS, TEST_ERROR
 from ..training.preempt import LAUNCHED_BY

@@ -24,8 +24,8 @@ from ..errors import Stopped, UserError
 from . import checkpoint
 from .config import Config
 from .evaluate import Evaluator
-from .launch import (check_compiled, check_deepspeed_engaged, compile_backend, finish, log_summary, make_accelerator,
-                     start_wandb, sweep_of, training_mode, uses_wandb, zero_stage)
+from .launch import (check_compiled, check_deepspeed_engaged, check_launch, compile_backend, finish, make_accelerator,
+                     training_mode)
 from .metrics import MetricsLog, write_summary
 from .runfolder import (DIVERGED, EPOCH, EXAMPLES, FINISHED, GAIN, GRAD_SQ, GRAD_VAR, LOSS, LR, NOISE_SCALE, STEP,
                         TAU, TEST_ERROR, TEST_LOSS, TRAIN_ERROR, Mode, Progress, RunFolder, RunInfo)
@@ -37,6 +37,7 @@ from .rundir import FolderLock, run_dir_of
 from .schedule import Schedule, adascale_gain, lr_at, schedule_of
 from .sharding import stream_loader
 from .step import NonFinite, StepStats, Stepper
+from .tracking import log_summary, start_wandb, sweep_of, uses_wandb
 
 NOISE_DECAY = 0.95  # moving average of the noise estimates over about 20 optimizer steps
 
@@ -166,7 +167,7 @@ def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator
     deepspeed = mode is not Mode.PLAIN
     # The noise scale needs a gradient over part of the batch: the first micro-batch's, so accumulation.
     measure_noise = A > 1 and not deepspeed
-    _check_launch(cfg, accelerator, A, measure_noise)
+    check_launch(cfg, accelerator, A, measure_noise)
     if cfg.dry_run:
         return None
     data_id = dict(name=dataset, num_train=num_train, num_classes=data.num_classes)
@@ -216,35 +217,6 @@ def run_header(cfg: Config, world_size: int, micro: int, accumulation: int, sche
 
 
 # ---- the helpers of `prepare` ---------------------------------------------------------------------
-
-def _check_launch(cfg: Config, accelerator: Accelerator, accumulation: int, measure_noise: bool) -> None:
-    zero = zero_stage(accelerator)
-    if zero is not None and cfg.optimizer in ("lars", "adascale"):
-        raise UserError(f"--optimizer {cfg.optimizer} needs each layer's whole gradient, but ZeRO stage {zero} "
-                        f"flattens every parameter group into one shard per rank (LARS would take one trust ratio "
-                        f"per shard); launch without DeepSpeed (e.g. accelerate_configs/gpu_8.yaml) or use sgd")
-    if zero is not None and compile_backend(accelerator):
-        raise UserError(f"--compile (or accelerate's --dynamo_backend {compile_backend(accelerator)}) is not supported "
-                        f"under DeepSpeed ZeRO stage {zero} here; drop it, or train with DDP (accelerate_configs/gpu_8.yaml)")
-    if cfg.optimizer == "adascale" and not measure_noise:
-        raise UserError(f"--optimizer adascale measures gradient noise from micro-batches, so it needs gradient "
-                        f"accumulation (now {accumulation}) and no DeepSpeed; use a smaller --micro-batch")
-    if cfg.dry_run:
-        return
-    W, cpu = accelerator.num_processes, accelerator.device.type == "cpu"
-    if cfg.bn == "sync" and W == 1:
-        accelerator.print("note: --bn sync with one process is plain micro-batch BN")
-    if cfg.bn == "sync" and W > 1 and cpu:
-        raise UserError("--bn sync needs GPUs (torch's SyncBatchNorm runs only on GPU modules); on CPU use "
-                        "--bn ghost, the paper's per-worker BN, or --bn micro")
-    if cpu and accelerator.mixed_precision == "fp16" and zero is None:
-        raise UserError("--mixed_precision fp16 does nothing on CPU (Accelerate uses neither autocast nor loss "
-                        "scaling there, so it would silently train in fp32); use bf16 or no")
-    if cpu and accelerator.mixed_precision != "no":
-        accelerator.print(f"warning: {accelerator.mixed_precision} on CPU is often 5-40x slower than fp32")
-    if zero is not None and accumulation > 1:
-        accelerator.print("note: the gradient noise scale is not measured under ZeRO (its gradients are sharded)")
-
 
 def _open_run_dir(run: Run, world_size: int) -> None:
     """config.json (every option, the derived batch split and schedule, and the `segments` of the run so far:
