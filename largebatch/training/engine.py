@@ -27,13 +27,13 @@ from .evaluate import Evaluator
 from .launch import (check_compiled, check_deepspeed_engaged, check_launch, compile_backend, finish, make_accelerator,
                      training_mode)
 from .metrics import MetricsLog, write_summary
-from .runfolder import (DIVERGED, EPOCH, EXAMPLES, FINISHED, GAIN, GRAD_SQ, GRAD_VAR, LOSS, LR, NOISE_SCALE, STEP,
-                        TAU, TEST_ERROR, TEST_LOSS, TRAIN_ERROR, Mode, Progress, RunFolder, RunInfo)
 from .models import memory_format
 from .noise import NoiseScale
 from .optim import build_optimizer
 from .preempt import StopSignals, die_with_launcher, stop_signal
 from .rundir import FolderLock, run_dir_of
+from .runfolder import (DIVERGED, EPOCH, EXAMPLES, FINISHED, GAIN, GRAD_SQ, GRAD_VAR, LOSS, LR, NOISE_SCALE, STEP,
+                        TAU, TEST_ERROR, TEST_LOSS, TRAIN_ERROR, Mode, Progress, RunFolder, RunInfo)
 from .schedule import Schedule, adascale_gain, lr_at, schedule_of
 from .sharding import stream_loader
 from .step import NonFinite, StepStats, Stepper
@@ -46,9 +46,9 @@ class Diverged(UserError):
     """A non-finite loss or gradient: the run stops before the bad update reaches a checkpoint."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Run:
-    """What one training run holds: made by `prepare`, read and advanced by `train_loop`."""
+    """What `prepare` builds once, whole, before the loop; `train_loop` reads it (and its objects step)."""
     cfg: Config
     data: object
     accelerator: Accelerator
@@ -57,19 +57,29 @@ class Run:
     accumulation: int
     data_id: dict  # the data set's name, size and classes: a checkpoint must match it
     folder: RunFolder
-    segments: list = dataclasses.field(default_factory=list)  # the run's history of splits (config.json)
-    stepper: Stepper | None = None
-    log: MetricsLog | None = None
-    noise: NoiseScale | None = None  # with accumulation (and not under DeepSpeed)
-    evaluate: Evaluator | None = None
-    start: int = 0  # the first optimizer step still to take
-    tau: float = 0.0  # progress through the schedule: the step, or AdaScale's sum of gains (schedule.py)
-    seen: torch.Tensor | None = None  # training loss sum, wrong, examples since the last evaluation
+    segments: list  # the run's history of splits (config.json), this launch's last
+    stepper: Stepper
+    log: MetricsLog
+    evaluate: Evaluator
+    noise: NoiseScale | None  # with accumulation (and not under DeepSpeed)
     on_step: Callable[[int, dict], None] | None = None  # `train`'s per-step callback
+
+    def __post_init__(self):
+        if self.sched.adascale and self.noise is None:  # AdaScale's gain reads the noise estimates at every step
+            raise ValueError("AdaScale needs the noise scale measured (check_launch refuses such a launch)")
 
     @property
     def ckpt_dir(self) -> Path:
         return self.folder.checkpoints
+
+
+@dataclasses.dataclass
+class Position:
+    """Where a run stands, advanced by `train_loop`: what a checkpoint's Progress saves and `_restore` reads
+    back (with the noise averages, which live in Run.noise)."""
+    start: int  # the first optimizer step still to take
+    tau: float  # progress through the schedule: the step, or AdaScale's sum of gains (schedule.py)
+    seen: torch.Tensor  # training loss sum, wrong, examples since the last evaluation
 
 
 def train(cfg: Config, data, model: torch.nn.Module, dataset: str = "data",
@@ -89,11 +99,8 @@ def train(cfg: Config, data, model: torch.nn.Module, dataset: str = "data",
         accelerator = make_accelerator(cfg)
         lock = FolderLock()
         try:
-            run = prepare(cfg, data, model, dataset, accelerator, lock)
-            if not run:
-                return {}
-            run.on_step = on_step
-            return train_loop(run, stop)
+            prepared = prepare(cfg, data, model, dataset, accelerator, lock, on_step)
+            return train_loop(*prepared, stop) if prepared else {}
         except RuntimeError as e:  # torch raises a loader worker's death from its SIGCHLD handler, wherever we are
             if not str(e).startswith("DataLoader worker"):
                 raise
@@ -103,7 +110,7 @@ def train(cfg: Config, data, model: torch.nn.Module, dataset: str = "data",
             finish(accelerator, callers_group)
 
 
-def train_loop(run: Run, stop: StopSignals) -> dict:
+def train_loop(run: Run, at: Position, stop: StopSignals) -> dict:
     """Optimizer steps until the schedule's progress reaches its end, evaluating and checkpointing when due.
 
     Once `stop` has noted SIGTERM or SIGINT (on any rank), every rank finishes the step in flight, a
@@ -113,25 +120,25 @@ def train_loop(run: Run, stop: StopSignals) -> dict:
     total, per_epoch = sched.total_steps, sched.steps_per_epoch
     eval_steps = max(1, round(cfg.eval_every * per_epoch))
     ckpt_steps = cfg.checkpoint_every or max(1, round(per_epoch))
-    bar = tqdm(total=total * cfg.global_batch, initial=run.start * cfg.global_batch, unit="img", unit_scale=True,
+    bar = tqdm(total=total * cfg.global_batch, initial=at.start * cfg.global_batch, unit="img", unit_scale=True,
                disable=not acc.is_local_main_process, mininterval=2, dynamic_ncols=True)
-    last_eval, step, saved = {}, run.start, run.start
-    batches = _stream_batches(run, run.start, total - run.start)  # steps <= total: AdaScale's gain is >= 1
+    last_eval, step, saved = {}, at.start, at.start
+    batches = _stream_batches(run, at.start, total - at.start)  # steps <= total: AdaScale's gain is >= 1
     try:
-        while run.tau < total:
+        while at.tau < total:
             gain = adascale_gain(*run.noise.estimates(), cfg.base_batch, sched.scale) if sched.adascale else 1.0
-            lr = lr_at(run.tau, sched, gain)
+            lr = lr_at(at.tau, sched, gain)
             run.stepper.set_lr(lr)
             stats = run.stepper.step(batches, stop)
-            _log_step(run, step, lr, gain, stats, bar)
-            run.tau += gain if sched.gained else 1
+            _log_step(run, at, step, lr, gain, stats, bar)
+            at.tau += gain if sched.gained else 1
             step += 1
-            if step % eval_steps == 0 or run.tau >= total:
-                last_eval = _evaluate(run, step - 1, bar)
-            if step % ckpt_steps == 0 or run.tau >= total:
-                saved = _save(run, step)
-            if run.tau < total and (signal_name := stop_signal(stop, stats.stop, acc.num_processes)):
-                raise _stopped(run, signal_name, step, saved)
+            if step % eval_steps == 0 or at.tau >= total:
+                last_eval = _evaluate(run, at, step - 1, bar)
+            if step % ckpt_steps == 0 or at.tau >= total:
+                saved = _save(run, at, step)
+            if at.tau < total and (signal_name := stop_signal(stop, stats.stop, acc.num_processes)):
+                raise _stopped(run, at, signal_name, step, saved)
     except NonFinite as e:
         message = _divergence(run, e.what, step, lr)
         if acc.is_main_process:
@@ -144,8 +151,8 @@ def train_loop(run: Run, stop: StopSignals) -> dict:
     return last_eval
 
 
-def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator: Accelerator,
-            lock: FolderLock) -> Run | None:
+def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator: Accelerator, lock: FolderLock,
+            on_step: Callable[[int, dict], None] | None = None) -> tuple[Run, Position] | None:
     """Check the launch, print the run header, lock and open the run folder and restore the checkpoint to
     resume from; None for --dry-run, after the header."""
     mode = training_mode(accelerator)
@@ -164,22 +171,34 @@ def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator
         raise UserError(f"--global-batch {cfg.global_batch} is larger than the {num_train} training examples")
     sched = schedule_of(cfg, num_train / cfg.global_batch)
     accelerator.print(run_header(cfg, W, micro, A, sched, mode.zero, compile_backend(accelerator)))
-    deepspeed = mode is not Mode.PLAIN
     # The noise scale needs a gradient over part of the batch: the first micro-batch's, so accumulation.
-    measure_noise = A > 1 and not deepspeed
+    measure_noise = A > 1 and mode is Mode.PLAIN
     check_launch(cfg, accelerator, A, measure_noise)
     if cfg.dry_run:
         return None
     data_id = dict(name=dataset, num_train=num_train, num_classes=data.num_classes)
-    run = Run(cfg, data, accelerator, sched, micro, A, data_id, RunFolder(run_dir_of(cfg, dataset)),
-              noise=NoiseScale(NOISE_DECAY) if measure_noise else None)
-    lock.acquire(run.folder.path, accelerator)  # before anything in the folder is read or written
+    folder = RunFolder(run_dir_of(cfg, dataset))
+    lock.acquire(folder.path, accelerator)  # before anything in the folder is read or written
     split = dict(world_size=W, micro_batch=micro, accumulation=A)
-    resume_from, progress = checkpoint.resume_point(cfg, run.ckpt_dir, data_id, mode, split)
-    run.segments = progress.segments + [dict(step=progress.step, **split, started=time.strftime("%Y-%m-%d %H:%M:%S"))]
-    _open_run_dir(run, W)
+    resume_from, progress = checkpoint.resume_point(cfg, folder.checkpoints, data_id, mode, split)
+    segments = progress.segments + [dict(step=progress.step, **split, started=time.strftime("%Y-%m-%d %H:%M:%S"))]
+    _open_run_dir(cfg, accelerator, folder, RunInfo(
+        dataclasses.asdict(cfg), dataset=dataset, num_classes=data.num_classes, in_chans=data.in_chans,
+        mode=mode.value, world_size=W, micro_batch_used=micro, accumulation_steps=A, peak_lr=sched.peak_lr,
+        warmup_steps=sched.warmup_steps, total_steps=sched.total_steps, steps_per_epoch=sched.steps_per_epoch,
+        segments=segments, sweep=sweep_of()))
+    stepper = _stepper(cfg, model, accelerator, sched, micro, A, measure_noise)
+    run = Run(cfg, data, accelerator, sched, micro, A, data_id, folder, segments, stepper,
+              MetricsLog(folder.metrics, accelerator, folder.checkpoints), Evaluator(cfg, accelerator, data, micro),
+              NoiseScale(NOISE_DECAY) if measure_noise else None, on_step)
+    return run, _restore(run, resume_from, progress)
+
+
+def _stepper(cfg: Config, model: torch.nn.Module, accelerator: Accelerator, sched: Schedule, micro: int, A: int,
+             measure_noise: bool) -> Stepper:
+    """The optimizer, and model and optimizer prepared by Accelerate (checked to be what the launch asked)."""
     optimizer = build_optimizer(cfg, model, lr_at(0, sched))
-    if deepspeed:
+    if training_mode(accelerator) is not Mode.PLAIN:
         # We prepare no dataloader, so DeepSpeed learns the batch from us (all three numbers: the plugin's
         # config outlives this run, and a second run in the process would keep the first one's total);
         # no clipping: not the paper's.
@@ -190,11 +209,7 @@ def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator
     check_deepspeed_engaged(model)
     check_compiled(model, accelerator)
     model.train()
-    run.stepper = Stepper(accelerator, model, optimizer, A, measure_noise, memory_format(cfg))
-    run.evaluate = Evaluator(cfg, accelerator, data, micro)
-    run.log = MetricsLog(run.folder.metrics, accelerator, run.ckpt_dir)
-    _restore(run, resume_from, progress)
-    return run
+    return Stepper(accelerator, model, optimizer, A, measure_noise, memory_format(cfg))
 
 
 def run_header(cfg: Config, world_size: int, micro: int, accumulation: int, sched: Schedule,
@@ -218,26 +233,21 @@ def run_header(cfg: Config, world_size: int, micro: int, accumulation: int, sche
 
 # ---- the helpers of `prepare` ---------------------------------------------------------------------
 
-def _open_run_dir(run: Run, world_size: int) -> None:
+def _open_run_dir(cfg: Config, accelerator: Accelerator, folder: RunFolder, info: RunInfo) -> None:
     """config.json (every option, the derived batch split and schedule, and the `segments` of the run so far:
     from which step it ran on which split), and W&B when asked."""
-    cfg, sched = run.cfg, run.sched
-    info = RunInfo(dataclasses.asdict(cfg), dataset=run.data_id["name"], num_classes=run.data.num_classes,
-                   in_chans=run.data.in_chans, mode=training_mode(run.accelerator).value, world_size=world_size,
-                   micro_batch_used=run.micro, accumulation_steps=run.accumulation, peak_lr=sched.peak_lr,
-                   warmup_steps=sched.warmup_steps, total_steps=sched.total_steps,
-                   steps_per_epoch=sched.steps_per_epoch, segments=run.segments, sweep=sweep_of())
-    if run.accelerator.is_main_process:
-        run.folder.path.mkdir(parents=True, exist_ok=True)
-        checkpoint.replace_file(run.folder.config, info.to_json(), run.ckpt_dir)
+    if accelerator.is_main_process:
+        folder.path.mkdir(parents=True, exist_ok=True)
+        checkpoint.replace_file(folder.config, info.to_json(), folder.checkpoints)
     if uses_wandb(cfg):
-        start_wandb(run.accelerator, cfg, run.folder.path, info.to_dict())
+        start_wandb(accelerator, cfg, folder.path, info.to_dict())
 
 
-def _restore(run: Run, resume_from: Path | None, progress: Progress) -> None:
-    """Model, optimizer, RNG states, the step, the running training statistics and the noise averages."""
+def _restore(run: Run, resume_from: Path | None, progress: Progress) -> Position:
+    """Model, optimizer, RNG states and the noise averages; returns the step, schedule progress and the running
+    training statistics (step 0 without a checkpoint)."""
     acc = run.accelerator
-    run.seen = torch.zeros(3, device=acc.device)
+    at = Position(0, 0.0, torch.zeros(3, device=acc.device))
     if resume_from:
         try:
             acc.load_state(str(resume_from))
@@ -245,32 +255,33 @@ def _restore(run: Run, resume_from: Path | None, progress: Progress) -> None:
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             raise UserError(f"checkpoint {resume_from} does not fit this --model/optimizer "
                             f"({type(e).__name__}: {first})") from None
-        run.start = progress.examples // run.cfg.global_batch
-        run.tau = min(progress.tau, run.sched.total_steps) if run.sched.gained else run.start
-        run.seen = torch.tensor(progress.train_stats, device=acc.device)
+        at.start = progress.examples // run.cfg.global_batch
+        at.tau = min(progress.tau, run.sched.total_steps) if run.sched.gained else at.start
+        at.seen = torch.tensor(progress.train_stats, device=acc.device)
         if run.noise is not None and progress.noise:
             run.noise.load(progress.noise)
-        acc.print(f"resuming from {resume_from} at step {run.start}")
-        _announce_rate_change(run, progress)
+        acc.print(f"resuming from {resume_from} at step {at.start}")
+        _announce_rate_change(run, at.start, progress)
     elif run.cfg.resume:
         acc.print(f"no checkpoint in {run.ckpt_dir}; starting from step 0")
     run.log.start(resume_from / checkpoint.LOG if resume_from else None)
+    return at
 
 
-def _announce_rate_change(run: Run, progress: Progress) -> None:
+def _announce_rate_change(run: Run, start: int, progress: Progress) -> None:
     """A resume with --allow-change reads the new options' schedule at the resume step: say what that does to
     the rate (extending a finished run's epochs moves its decays later, so its decayed rate jumps back up)."""
-    if run.sched.gained or progress.config == run.cfg.trajectory() or run.start == 0:
+    if run.sched.gained or progress.config == run.cfg.trajectory() or start == 0:
         return
     old = dataclasses.replace(run.cfg, **{k: v for k, v in progress.config.items() if k in run.cfg.trajectory()})
-    before = lr_at(run.start - 1, schedule_of(old, progress.dataset["num_train"] / old.global_batch))
-    after = lr_at(run.start, run.sched)
+    before = lr_at(start - 1, schedule_of(old, progress.dataset["num_train"] / old.global_batch))
+    after = lr_at(start, run.sched)
     if math.isclose(before, after, rel_tol=1e-6):
         return
     change = f"{after / before:.3g}x up" if after > before else f"{before / after:.3g}x down"
     if run.accelerator.is_main_process:
         print(f"{'warning' if after > before else 'note'}: the changed options reschedule the rate: {before:.4g} at "
-              f"step {run.start - 1} under the checkpoint's options, {after:.4g} at step {run.start} under these "
+              f"step {start - 1} under the checkpoint's options, {after:.4g} at step {start} under these "
               f"({change})", file=sys.stderr)
 
 
@@ -290,11 +301,11 @@ def _train_batch(data, seed: int, indices: torch.Tensor, epochs: torch.Tensor):
     return data.train_batch(indices, seed=seed, epoch=epochs)
 
 
-def _log_step(run: Run, step: int, lr: float, gain: float, stats: StepStats, bar) -> None:
+def _log_step(run: Run, at: Position, step: int, lr: float, gain: float, stats: StepStats, bar) -> None:
     """The step's row in metrics.jsonl (and W&B), the noise-scale update, and the progress bar."""
     cfg, per_epoch = run.cfg, run.sched.steps_per_epoch
-    run.seen += torch.stack(stats[:3])
-    row = {GAIN: gain, TAU: run.tau} if run.sched.adascale else {}
+    at.seen += torch.stack(stats[:3])
+    row = {GAIN: gain, TAU: at.tau} if run.sched.adascale else {}
     if run.noise is not None and torch.isfinite(stats.batch_grad_sq):  # not a step fp16's scaler skipped
         W = run.accelerator.num_processes
         # Mean over ranks of the local micro-batch norms; the batch norm is the same on all.
@@ -313,12 +324,12 @@ def _log_step(run: Run, step: int, lr: float, gain: float, stats: StepStats, bar
                     refresh=False)  # the bar redraws every `mininterval`, not at every step
 
 
-def _evaluate(run: Run, step: int, bar) -> dict:
+def _evaluate(run: Run, at: Position, step: int, bar) -> dict:
     """Test error and loss, and the training error since the last evaluation; logged and printed."""
     test_error, test_loss = run.evaluate(run.stepper.model)
-    row = {EPOCH: (step + 1) / run.sched.steps_per_epoch, TRAIN_ERROR: (run.seen[1] / run.seen[2]).item(),
+    row = {EPOCH: (step + 1) / run.sched.steps_per_epoch, TRAIN_ERROR: (at.seen[1] / at.seen[2]).item(),
            TEST_ERROR: test_error, TEST_LOSS: test_loss}
-    run.seen.zero_()
+    at.seen.zero_()
     run.log.log(row, step=step)
     if run.accelerator.is_local_main_process:
         bar.write(f"epoch {row[EPOCH]:.2f}: train error {row[TRAIN_ERROR]:.4f}, "
@@ -326,20 +337,20 @@ def _evaluate(run: Run, step: int, bar) -> dict:
     return row
 
 
-def _save(run: Run, done: int) -> int:
+def _save(run: Run, at: Position, done: int) -> int:
     """Checkpoint `done` steps; returns `done`."""
     checkpoint.save(run.accelerator, run.ckpt_dir, done, Progress(
-        step=done, examples=done * run.cfg.global_batch, tau=run.tau, config=run.cfg.trajectory(),
+        step=done, examples=done * run.cfg.global_batch, tau=at.tau, config=run.cfg.trajectory(),
         dataset=run.data_id, mode=training_mode(run.accelerator).value, segments=run.segments,
-        train_stats=run.seen.tolist(), noise=run.noise.state() if run.noise else None),
+        train_stats=at.seen.tolist(), noise=run.noise.state() if run.noise else None),
         run.cfg.keep_checkpoints, run.log.path)
     return done
 
 
-def _stopped(run: Run, signal_name: str, step: int, saved: int) -> Stopped:
+def _stopped(run: Run, at: Position, signal_name: str, step: int, saved: int) -> Stopped:
     """After a stop signal: the step just taken checkpointed (unless it already was), and the line to end with."""
     if saved != step:
-        _save(run, step)
+        _save(run, at, step)
     return Stopped(f"{signal_name} received: stopped after step {step} of {run.sched.total_steps} with checkpoint "
                    f"{run.ckpt_dir / f'step_{step:08d}'}; rerun the same command with --resume to continue")
 
