@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from largebatch.training.runfolder import PROGRESS_VERSION, Mode, Progress, RunFolder, RunInfo
+from largebatch.training.runfolder import PROGRESS_VERSION, Mode, Progress, RunFolder, RunInfo, Summary
 
 
 @pytest.mark.parametrize("stored, mode", [
@@ -36,3 +36,11 @@ def test_run_info_writes_one_flat_object_options_first(tmp_path):
     folder.config.write_text(info.to_json())
     written = folder.read_config()
     assert list(written)[:3] == ["global_batch", "seed", "dataset"] and written["accumulation_steps"] == 2
+
+
+def test_a_summary_writes_the_flat_object_it_always_wrote():
+    raw = {"status": "diverged", "epoch": 1.0, "test_error": 0.4, "final_test_error": 0.4, "message": "m"}
+    summary = Summary.from_dict(raw)
+    assert summary.last_eval == {"epoch": 1.0, "test_error": 0.4} and summary.message == "m"
+    assert list(summary.to_dict().items()) == list(raw.items())
+    assert Summary("finished").to_dict() == {"status": "finished"}

@@ -7,8 +7,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..training.metrics import read_metrics, read_summary
-from ..training.runfolder import (CONFIG, DIVERGED, EPOCH, FINISHED, METRICS, STATUS, TEST_ERROR, TRAIN_ERROR,
-                                  RunFolder)
+from ..training.runfolder import CONFIG, DIVERGED, EPOCH, FINISHED, METRICS, TEST_ERROR, TRAIN_ERROR, RunFolder
 from . import figures
 from .report import match_band
 
@@ -27,7 +26,7 @@ def compare(run_dirs: list[str], plot: str, band: float = 0.5, seeds: str | None
         if not evals:
             raise UserError(f"{run.path} has no evaluation yet")
         last, summary = evals[-1], read_summary(run.path)
-        unfinished = None if summary and summary[STATUS] == FINISHED else (
+        unfinished = None if summary and summary.status == FINISHED else (
             DIVERGED if summary else f"not finished: epoch {last[EPOCH]:.1f} of {cfg['epochs']:g}")
         labels.append(f"B={cfg['global_batch']}")
         finals.append((cfg, 100 * last[TEST_ERROR], unfinished))

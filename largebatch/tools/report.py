@@ -19,7 +19,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..training.config import Config
 from ..training.metrics import final_error, read_metrics, read_summary
-from ..training.runfolder import DIVERGED, EPOCH, FINISHED, STATUS, SUMMARY, TRAIN_ERROR, RunFolder
+from ..training.runfolder import DIVERGED, EPOCH, FINISHED, SUMMARY, TRAIN_ERROR, RunFolder
 from ..training.noise import critical_batch
 from . import figures, steps
 from .sweep import load_sweep
@@ -130,7 +130,7 @@ def load_run(folder: Path) -> Run | str:
     if summary is None:  # still running, interrupted or damaged: `largebatch sweep` again finishes it
         return "not finished" if not run.summary.is_file() else f"its {SUMMARY} is damaged"
     steps, evals = read_metrics(run.metrics)
-    status = summary[STATUS]
+    status = summary.status
     if not evals and status != DIVERGED:
         return "finished without an evaluation"
     # Options added since the run was written are at their defaults: what the code that wrote it did.

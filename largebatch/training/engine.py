@@ -142,12 +142,12 @@ def train_loop(run: Run, at: Position, stop: StopSignals) -> dict:
     except NonFinite as e:
         message = _divergence(run, e.what, step, lr)
         if acc.is_main_process:
-            log_summary(acc, cfg, write_summary(run.folder.path, DIVERGED, message=message))
+            log_summary(acc, cfg, write_summary(run.folder.path, DIVERGED, message).to_dict())
         raise Diverged(message) from None
     finally:
         bar.close()  # before any error message, so that message is the last line
     if acc.is_main_process:
-        log_summary(acc, cfg, write_summary(run.folder.path, FINISHED))
+        log_summary(acc, cfg, write_summary(run.folder.path, FINISHED).to_dict())
     return last_eval
 
 

@@ -11,7 +11,7 @@ from accelerate import Accelerator
 
 from ..errors import UserError
 from .checkpoint import replace_file, write_failed
-from .runfolder import DIVERGED, EPOCH, FINAL_TEST_ERROR, FINISHED, STATUS, STEP, TEST_ERROR, RunFolder, is_eval_row
+from .runfolder import DIVERGED, EPOCH, FINISHED, STATUS, STEP, TEST_ERROR, RunFolder, Summary, is_eval_row
 
 
 class MetricsLog:
@@ -58,19 +58,18 @@ def final_error(evals: list[dict]) -> float:
     return statistics.median(e[TEST_ERROR] for e in evals if e[EPOCH] > start + 1e-9 * last)
 
 
-def write_summary(run_dir: Path, status: str, **extra) -> dict:
+def write_summary(run_dir: Path, status: str, message: str | None = None) -> Summary:
     """`summary.json`: the run's outcome ("finished" or "diverged"), its last evaluation and its final error;
     written atomically, last, so its presence means the run is over (`largebatch sweep` skips such runs).
     Returns what it wrote."""
     folder = RunFolder(run_dir)
     _, evals = read_metrics(folder.metrics)
-    summary = {STATUS: status, **(evals[-1] if evals else {}),
-               **({FINAL_TEST_ERROR: final_error(evals)} if evals else {}), **extra}
-    replace_file(folder.summary, json.dumps(summary, indent=2), folder.checkpoints)
+    summary = Summary(status, evals[-1] if evals else {}, final_error(evals) if evals else None, message)
+    replace_file(folder.summary, json.dumps(summary.to_dict(), indent=2), folder.checkpoints)
     return summary
 
 
-def read_summary(run_dir: Path) -> dict | None:
+def read_summary(run_dir: Path) -> Summary | None:
     """The run's summary.json; None while the run is not over. A damaged one (not the JSON object with a status
     that `write_summary` writes) is None too, with a warning: resuming the run writes it again."""
     path = RunFolder(run_dir).summary
@@ -81,7 +80,7 @@ def read_summary(run_dir: Path) -> dict | None:
     except (OSError, ValueError):
         summary = None
     if isinstance(summary, dict) and summary.get(STATUS) in (FINISHED, DIVERGED):
-        return summary
+        return Summary.from_dict(summary)
     print(f"warning: {path} is damaged (not a finished run's summary); taking the run as unfinished: resuming it "
           f"(`largebatch sweep` again, or its command with --resume) writes it again", file=sys.stderr)
     return None

@@ -4,7 +4,7 @@ through here, so a rename here is a rename everywhere.
 
     <run dir>/config.json      RunInfo: every option, then what the launch derived from them
     <run dir>/metrics.jsonl    one row per optimizer step (STEP_KEYS) and per evaluation (EVAL_KEYS)
-    <run dir>/summary.json     written last, when the run is over: STATUS and the last evaluation
+    <run dir>/summary.json     Summary, written last, when the run is over: STATUS and the last evaluation
     <run dir>/checkpoints/step_<8 digits>/progress.json   Progress: where the run stands, and the files' digests
     <run dir>/.lock            held while a run writes the folder (rundir.py)
 """
@@ -127,6 +127,26 @@ class RunInfo:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+@dataclasses.dataclass
+class Summary:
+    """summary.json, written last, when the run is over: its outcome, last evaluation row and final error."""
+    status: str  # FINISHED or DIVERGED
+    last_eval: dict = dataclasses.field(default_factory=dict)  # the last evaluation's row; none before one
+    final_test_error: float | None = None  # metrics.final_error of the evaluations
+    message: str | None = None  # a diverged run's one line
+
+    def to_dict(self) -> dict:
+        """One flat object (also the W&B run's summary): the status, the last evaluation's keys, the rest."""
+        return {STATUS: self.status, **self.last_eval,
+                **({FINAL_TEST_ERROR: self.final_test_error} if self.final_test_error is not None else {}),
+                **({"message": self.message} if self.message is not None else {})}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> Summary:
+        rest = {k: v for k, v in raw.items() if k not in (STATUS, FINAL_TEST_ERROR, "message")}
+        return cls(raw[STATUS], rest, raw.get(FINAL_TEST_ERROR), raw.get("message"))
 
 
 PROGRESS_VERSION = 1  # files without a version are the first format, which this one extends
