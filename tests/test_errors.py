@@ -10,6 +10,7 @@ from conftest import ROOT, launch
 from largebatch.training.config import Config
 from largebatch.training.recipes import run_recipe
 from largebatch.errors import UserError
+from largebatch.training.runfolder import RunFolder
 
 RECIPE = ROOT / "recipes/fashion_mnist.py"
 
@@ -150,12 +151,12 @@ def _exportable_run(folder: Path) -> Path:
 
     from largebatch.training import checkpoint, models  # noqa: F401  (registers resnet_fmnist)
 
-    step = folder / "checkpoints/step_00000001"
+    step = RunFolder(folder).checkpoints / "step_00000001"
     step.mkdir(parents=True)
     save_file(timm.create_model("resnet_fmnist", num_classes=10, in_chans=1).state_dict(), step / "model.safetensors")
-    (step / "metrics.jsonl").write_text("")
-    (step / "progress.json").write_text(json.dumps(dict(files=checkpoint._manifest(step))))
-    (folder / "config.json").write_text(json.dumps(dict(model="resnet_fmnist", num_classes=10, in_chans=1)))
+    (step / checkpoint.LOG).write_text("")
+    (step / checkpoint.PROGRESS).write_text(json.dumps(dict(files=checkpoint._manifest(step))))
+    RunFolder(folder).config.write_text(json.dumps(dict(model="resnet_fmnist", num_classes=10, in_chans=1)))
     return folder
 
 

@@ -9,6 +9,7 @@ from conftest import ROOT, assert_within_drift, launch, step_losses
 from largebatch.tools.compare import compare
 from largebatch.tools.report import load_run
 from largebatch.training import checkpoint
+from largebatch.training.runfolder import SUMMARY, RunFolder
 
 OLD_RUN = ROOT / "tests/data/run_today"
 ARGS = ["--global-batch", 256, "--micro-batch", 128, "--subset", 512, "--epochs", 2, "--warmup-epochs", 0.5,
@@ -23,7 +24,7 @@ def test_old_run_loads_for_the_report_and_compare(tmp_path):
 
 
 def test_old_checkpoint_verifies():
-    path, progress = checkpoint.latest_usable(OLD_RUN / "checkpoints")
+    path, progress = checkpoint.latest_usable(RunFolder(OLD_RUN).checkpoints)
     assert path.name == "step_00000002" and progress.step == 2 and progress.version == 0
 
 
@@ -31,8 +32,8 @@ def test_old_checkpoint_verifies():
 @pytest.mark.numerics
 def test_old_run_resumes_to_the_same_end(tmp_path, small_fmnist):
     run = tmp_path / "run"
-    shutil.copytree(OLD_RUN, run, ignore=shutil.ignore_patterns("summary.json"))
+    shutil.copytree(OLD_RUN, run, ignore=shutil.ignore_patterns(SUMMARY))
     out = launch(ROOT / "recipes/fashion_mnist.py", ARGS + ["--data-dir", small_fmnist, "--run-dir", run, "--resume"])
     assert "resuming from" in out.stdout
-    assert (run / "summary.json").is_file()
+    assert RunFolder(run).summary.is_file()
     assert_within_drift(step_losses(run), step_losses(OLD_RUN), 256)
