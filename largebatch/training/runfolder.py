@@ -3,7 +3,7 @@ and the records its JSON files hold. The engine, checkpoints and metrics write i
 through here, so a rename here is a rename everywhere.
 
     <run dir>/config.json      RunInfo: every option, then what the launch derived from them
-    <run dir>/metrics.jsonl    one row per optimizer step (STEP_KEYS) and per evaluation (EVAL_KEYS)
+    <run dir>/metrics.jsonl    one row per optimizer step and one per evaluation (the names below)
     <run dir>/summary.json     Summary, written last, when the run is over: STATUS and the last evaluation
     <run dir>/checkpoints/step_<8 digits>/progress.json   Progress: where the run stands, and the files' digests
     <run dir>/.lock            held while a run writes the folder (rundir.py)
@@ -25,7 +25,7 @@ GRAD_VAR, GRAD_SQ, NOISE_SCALE = "grad_var", "grad_sq", "noise_scale"  # steps w
 GAIN, TAU = "gain", "tau"  # AdaScale's steps
 TRAIN_ERROR, TEST_ERROR, TEST_LOSS = "train_error", "test_error", "test_loss"  # every evaluation
 # summary.json (and the W&B run summary): the outcome, and the paper's statistic of a run's test error.
-STATUS, FINAL_TEST_ERROR = "status", "final_test_error"
+STATUS, FINAL_TEST_ERROR, MESSAGE = "status", "final_test_error", "message"  # MESSAGE: a diverged run's line
 FINISHED, DIVERGED = "finished", "diverged"  # the two outcomes a summary records
 
 
@@ -141,12 +141,12 @@ class Summary:
         """One flat object (also the W&B run's summary): the status, the last evaluation's keys, the rest."""
         return {STATUS: self.status, **self.last_eval,
                 **({FINAL_TEST_ERROR: self.final_test_error} if self.final_test_error is not None else {}),
-                **({"message": self.message} if self.message is not None else {})}
+                **({MESSAGE: self.message} if self.message is not None else {})}
 
     @classmethod
     def from_dict(cls, raw: dict) -> Summary:
-        rest = {k: v for k, v in raw.items() if k not in (STATUS, FINAL_TEST_ERROR, "message")}
-        return cls(raw[STATUS], rest, raw.get(FINAL_TEST_ERROR), raw.get("message"))
+        rest = {k: v for k, v in raw.items() if k not in (STATUS, FINAL_TEST_ERROR, MESSAGE)}
+        return cls(raw[STATUS], rest, raw.get(FINAL_TEST_ERROR), raw.get(MESSAGE))
 
 
 PROGRESS_VERSION = 1  # files without a version are the first format, which this one extends
