@@ -10,7 +10,8 @@ keeps the eager NCHW step the engine had before those options, so one run measur
 engine's overhead together against a fixed yardstick.
 
 The two run interleaved, step by step, in the same processes: `engine.train` trains, and after each of
-its optimizer steps (at the step's metrics row) the bare loop takes one optimizer step of its own.
+its optimizer steps (its `on_step` callback, at the step's metrics row) the bare loop takes one optimizer step
+of its own.
 Each engine step is timed from the end of the bare step before it, so it includes all the engine's
 per-step work (rate, data, reductions, checks, logging, progress bar). A shared machine's speed drifts
 by ±15% over seconds; interleaving makes both loops see the same drift, so their ratio is steady where
@@ -30,7 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from largebatch.training import engine, metrics
+from largebatch.training import engine
 from largebatch.training.config import Config
 from largebatch.training.data import load_fashion_mnist
 from largebatch.training.launch import init_gloo_for_this_attempt
@@ -69,13 +70,9 @@ def interleaved(cfg: Config, data, steps: int, warmup: int, bare_cfg: Config | N
                 bare_loop: type = BareLoop) -> tuple[list[float], list[float]]:
     """Seconds per optimizer step (bare, engine), `steps` of each after `warmup` untimed pairs; the bare
     loop is `bare_loop(bare_cfg or cfg, data)`."""
-    bare, bare_s, engine_s = bare_loop(bare_cfg or cfg, data), [], []
-    log, last = metrics.MetricsLog.log, [0.0]
+    bare, bare_s, engine_s, last = bare_loop(bare_cfg or cfg, data), [], [], [0.0]
 
-    def log_then_bare_step(self, row, step):
-        log(self, row, step)
-        if "loss" not in row:  # an evaluation row
-            return
+    def bare_step(step, row):  # right after the engine's step row
         mid = time.perf_counter()
         bare.step()
         end = time.perf_counter()
@@ -84,15 +81,11 @@ def interleaved(cfg: Config, data, steps: int, warmup: int, bare_cfg: Config | N
             bare_s.append(end - mid)
         last[0] = end
 
-    metrics.MetricsLog.log = log_then_bare_step
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            # One epoch of exactly warmup + steps steps; its evaluation and checkpoint come after the last.
-            run = dataclasses.replace(cfg, subset=(warmup + steps) * cfg.global_batch, epochs=1,
-                                      checkpoint_every=10 ** 9, run_dir=os.path.join(tmp, "run"))
-            engine.train(run, data, build_model(cfg, data.num_classes, data.in_chans), "bench")
-    finally:
-        metrics.MetricsLog.log = log
+    with tempfile.TemporaryDirectory() as tmp:
+        # One epoch of exactly warmup + steps steps; its evaluation and checkpoint come after the last.
+        run = dataclasses.replace(cfg, subset=(warmup + steps) * cfg.global_batch, epochs=1,
+                                  checkpoint_every=10 ** 9, run_dir=os.path.join(tmp, "run"))
+        engine.train(run, data, build_model(cfg, data.num_classes, data.in_chans), "bench", on_step=bare_step)
     return bare_s, engine_s
 
 

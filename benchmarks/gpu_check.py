@@ -270,26 +270,26 @@ def part_decode(args) -> dict:
 
 def _timed_train(cfg, data, run_dir: str) -> list[float]:
     """engine.train, and the seconds between consecutive step rows of its metrics log."""
-    from largebatch.training import engine, metrics
+    from largebatch.training import engine
     from largebatch.training.models import build_model
-    log, stamps = metrics.MetricsLog.log, []
-
-    def stamped(self, row, step):
-        log(self, row, step)
-        if "loss" in row:
-            stamps.append(time.perf_counter())
-    metrics.MetricsLog.log = stamped
-    try:
-        engine.train(cfg, data, build_model(cfg, data.num_classes, data.in_chans), "gpu-check")
-    finally:
-        metrics.MetricsLog.log = log
+    stamps = []
+    engine.train(cfg, data, build_model(cfg, data.num_classes, data.in_chans), "gpu-check",
+                 on_step=lambda step, row: stamps.append(time.perf_counter()))
     return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
+def _step_rows(run_dir: str) -> list[dict]:
+    from largebatch.training.metrics import read_metrics
+    from largebatch.training.runfolder import RunFolder
+    return read_metrics(RunFolder(run_dir).metrics)[0]
 
 
 def part_zero2(args) -> dict:
     """The engine under DeepSpeed ZeRO-2 in one process (this part is started by accelerate launch)."""
     import dataclasses
     import math
+
+    from largebatch.training.runfolder import LOSS, Mode, RunFolder
 
     _set_precision(args)
     cfg = _speed_config(args, channels_last=args.device == "cuda")
@@ -298,10 +298,10 @@ def part_zero2(args) -> dict:
         run = dataclasses.replace(cfg, subset=data.num_train, epochs=1, checkpoint_every=10 ** 9,
                                   run_dir=os.path.join(tmp, "run"))
         seconds = _timed_train(run, data, run.run_dir)[args.warmup:]
-        info = json.loads((Path(run.run_dir) / "config.json").read_text())
-        losses = [json.loads(line)["loss"] for line in (Path(run.run_dir) / "metrics.jsonl").read_text().splitlines()
-                  if "loss" in json.loads(line)]
-    return dict(mode=info["mode"], steps=len(seconds), images_per_s=cfg.global_batch / statistics.median(seconds),
+        info = RunFolder(run.run_dir).read_config()
+        losses = [r[LOSS] for r in _step_rows(run.run_dir)]
+    return dict(mode=Mode.of(info["mode"]).sentence, steps=len(seconds),
+                images_per_s=cfg.global_batch / statistics.median(seconds),
                 losses_finite=all(math.isfinite(v) for v in losses), last_loss=losses[-1])
 
 
@@ -312,6 +312,7 @@ def part_split(args) -> dict:
     import torch
 
     from largebatch.training.config import Config
+    from largebatch.training.runfolder import LOSS
     os.environ["ACCELERATE_MIXED_PRECISION"] = "no"  # the drift rule is float32's
     if args.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -326,8 +327,7 @@ def part_split(args) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             run = dataclasses.replace(cfg, run_dir=os.path.join(tmp, "run"))
             _timed_train(run, data, run.run_dir)
-            rows = [json.loads(line) for line in (Path(run.run_dir) / "metrics.jsonl").read_text().splitlines()]
-            losses[name] = [r["loss"] for r in rows if "loss" in r]
+            losses[name] = [r[LOSS] for r in _step_rows(run.run_dir)]
     return dict(batch=batch, micro=micro, accumulation=batch // micro, **losses,
                 **compare_split(losses["accumulated"], losses["whole"], batch))
 

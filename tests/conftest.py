@@ -1,5 +1,4 @@
 import gzip
-import json
 import os
 import socket
 import struct
@@ -11,6 +10,10 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from largebatch.training import checkpoint
+from largebatch.training.metrics import read_metrics
+from largebatch.training.runfolder import LOSS, RunFolder
 
 ROOT = Path(__file__).resolve().parent.parent
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -47,8 +50,8 @@ def launch(script, args, nproc=1, check=True, timeout=600, config="cpu_2proc.yam
 
 
 def step_losses(run_dir) -> list[float]:
-    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in rows if "loss" in r]
+    steps, _ = read_metrics(RunFolder(run_dir).metrics)
+    return [r[LOSS] for r in steps]
 
 
 # Float drift between two runs of the same steps whose sums are taken in another order (another split of the
@@ -77,7 +80,7 @@ def assert_within_drift(losses, reference, batch: int) -> None:
 
 
 def final_params(run_dir) -> dict[str, torch.Tensor]:
-    last = sorted((Path(run_dir) / "checkpoints").glob("step_*"))[-1]
+    last = checkpoint.completed(RunFolder(run_dir).checkpoints)[-1]
     return load_file(last / "model.safetensors")
 
 

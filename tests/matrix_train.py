@@ -19,6 +19,7 @@ from largebatch.training.engine import train
 from largebatch.training.launch import init_gloo_for_this_attempt
 from largebatch.training.models import build_model
 from largebatch.training.recipes import RECIPES
+from largebatch.training.runfolder import SUMMARY, RunFolder
 
 RESUME_FROM = 2  # the checkpoint after step 2 of 6: mid-warmup
 
@@ -50,8 +51,8 @@ def main(cells_file):
                 (run / "refused.txt").write_text(str(e))
             continue
         if rank0:  # as if killed right after the checkpoint of step RESUME_FROM
-            shutil.copytree(run, resumed, ignore=shutil.ignore_patterns("summary.json"))
-            for later in sorted((resumed / "checkpoints").glob("step_*")):
+            shutil.copytree(run, resumed, ignore=shutil.ignore_patterns(SUMMARY))
+            for later in sorted(RunFolder(resumed).checkpoints.glob("step_*")):
                 if int(later.name.split("_")[1]) > RESUME_FROM:
                     shutil.rmtree(later)
         _barrier()

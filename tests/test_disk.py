@@ -13,6 +13,7 @@ from conftest import ROOT, launch_env
 
 from largebatch.errors import UserError
 from largebatch.training.metrics import MetricsLog, write_summary
+from largebatch.training.runfolder import RunFolder
 
 RECIPE = ROOT / "recipes/fashion_mnist.py"
 
@@ -75,7 +76,7 @@ def test_full_disk_during_a_checkpoint_is_one_line(size, cause, small_disk, smal
     assert cause in line and "MB free" in line, line
     assert f"the previous checkpoint {run / 'checkpoints/step_00000002'} is intact" in line, line
     assert "free space, then rerun with --resume" in line, line
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000002"]  # no .tmp_step_4
+    assert sorted(p.name for p in RunFolder(run).checkpoints.iterdir()) == ["step_00000002"]  # no .tmp_step_4
 
 
 @pytest.mark.slow
@@ -90,7 +91,7 @@ def test_file_size_limit_during_the_first_checkpoint_is_one_line(tmp_path, small
     line = _ends_in_one_line(proc)
     assert "File too large (the file-size limit is 200 KB); raise the limit (ulimit -f unlimited)" in line, line
     assert "previous checkpoint" not in line
-    assert list((run / "checkpoints").iterdir()) == []  # no .tmp_step_2
+    assert list(RunFolder(run).checkpoints.iterdir()) == []  # no .tmp_step_2
 
 
 def _command(args):
@@ -98,12 +99,12 @@ def _command(args):
 
 
 def test_a_row_that_does_not_fit_leaves_the_log_as_it_was(tmp_path):
-    log = tmp_path / "metrics.jsonl"
+    log = RunFolder(tmp_path).metrics
     log.write_text('{"step": 0, "loss": 2.3}\n')
     before = log.read_bytes()
-    (tmp_path / "checkpoints/step_00000001").mkdir(parents=True)
+    (RunFolder(tmp_path).checkpoints / "step_00000001").mkdir(parents=True)
     metrics = MetricsLog(log, SimpleNamespace(is_main_process=True, log=lambda *a, **k: None),
-                         tmp_path / "checkpoints")
+                         RunFolder(tmp_path).checkpoints)
     with file_size_limit(len(before) + 10), pytest.raises(UserError) as e:
         metrics.log({"step": 1, "loss": 2.2, "epoch": 0.25}, step=1)
     assert log.read_bytes() == before  # the 10 bytes that fitted are taken back
@@ -112,10 +113,10 @@ def test_a_row_that_does_not_fit_leaves_the_log_as_it_was(tmp_path):
 
 
 def test_a_summary_that_does_not_fit_leaves_nothing_behind(tmp_path):
-    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1.0, "train_error": 0.5, "test_error": 0.4, '
+    RunFolder(tmp_path).metrics.write_text('{"epoch": 1.0, "train_error": 0.5, "test_error": 0.4, '
                                             '"test_loss": 1.0}\n')
     with file_size_limit(20), pytest.raises(UserError, match=r"could not write .*summary.json: File too large"):
         write_summary(tmp_path, "finished")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]  # no summary.json(.tmp)
     write_summary(tmp_path, "finished")
-    assert json.loads((tmp_path / "summary.json").read_text())["test_error"] == 0.4
+    assert json.loads(RunFolder(tmp_path).summary.read_text())["test_error"] == 0.4

@@ -5,6 +5,8 @@ import pytest
 
 from conftest import ROOT, assert_within_drift, final_params, launch, step_losses
 
+from largebatch.training.runfolder import RunFolder
+
 pytestmark = [pytest.mark.slow, pytest.mark.numerics]  # trains: see `pytest -m "not slow"` for the fast tier
 
 RECIPE = ROOT / "recipes/fashion_mnist.py"
@@ -18,7 +20,7 @@ def _args(data, run_dir, B, b, *extra, subset=2048):
 
 
 def _test_loss(run_dir) -> float:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in RunFolder(run_dir).metrics.read_text().splitlines()]
     return [r for r in rows if "test_loss" in r][-1]["test_loss"]
 
 

@@ -8,7 +8,9 @@ import pytest
 from conftest import ROOT, launch
 
 from largebatch.training.config import Config
+from largebatch.training.recipes import run_recipe
 from largebatch.errors import UserError
+from largebatch.training.runfolder import RunFolder
 
 RECIPE = ROOT / "recipes/fashion_mnist.py"
 
@@ -24,14 +26,27 @@ def _fails(args, *words):
     return lines[0]
 
 
+def _fails_in_process(args, capsys, *words):
+    """`_fails` for what is refused while the options are parsed: the recipe run in this process."""
+    with pytest.raises(SystemExit) as exit:
+        run_recipe("fashion_mnist", [str(a) for a in args])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, lines
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
 @pytest.mark.slow
 def test_indivisible_batch(tmp_path):
     _fails(["--global-batch", 1000, "--micro-batch", 64, "--run-dir", tmp_path], "1000", "64", "1 processes")
 
 
-@pytest.mark.slow
-def test_micro_batch_not_multiple_of_bn_group():
-    _fails(["--global-batch", 256, "--micro-batch", 48], "--micro-batch 48", "--bn-batch 32")
+def test_micro_batch_not_multiple_of_bn_group(capsys):
+    _fails_in_process(["--global-batch", 256, "--micro-batch", 48], capsys, "--micro-batch 48", "--bn-batch 32")
 
 
 @pytest.mark.slow
@@ -61,7 +76,6 @@ def test_unknown_model():
     _fails(["--model", "resnet_does_not_exist"], "resnet_does_not_exist", "timm")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("args,words", [
     (["--global-batch", 0], ["--global-batch 0"]),
     (["--schedule", "linear"], ["--schedule", "linear"]),
@@ -70,8 +84,8 @@ def test_unknown_model():
     (["--seed", 10**20], ["--seed 100000000000000000000", "between 0 and 2**32 - 1"]),
     (["--seed", "1e20"], ["--seed", "invalid int value: '1e20'"]),
 ])
-def test_bad_flag_values(args, words, tmp_path):
-    _fails(args + ["--run-dir", tmp_path / "run"], *words)
+def test_bad_flag_values(args, words, tmp_path, capsys):
+    _fails_in_process(args + ["--run-dir", tmp_path / "run"], capsys, *words)
     assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
@@ -88,11 +102,10 @@ def test_run_dir_that_cannot_be_written(run_dir):
     _fails(["--run-dir", run_dir], f"cannot write in --run-dir {run_dir}", "choose a folder you can write to")
 
 
-@pytest.mark.slow
-def test_bad_yaml_config(tmp_path):
+def test_bad_yaml_config(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("global_batch: 512\nlearning_rate: 3\n")
-    _fails(["--config", cfg], "learning_rate", "unknown option")
+    _fails_in_process(["--config", cfg], capsys, "learning_rate", "unknown option")
 
 
 @pytest.mark.slow
@@ -138,12 +151,12 @@ def _exportable_run(folder: Path) -> Path:
 
     from largebatch.training import checkpoint, models  # noqa: F401  (registers resnet_fmnist)
 
-    step = folder / "checkpoints/step_00000001"
+    step = RunFolder(folder).checkpoints / "step_00000001"
     step.mkdir(parents=True)
     save_file(timm.create_model("resnet_fmnist", num_classes=10, in_chans=1).state_dict(), step / "model.safetensors")
-    (step / "metrics.jsonl").write_text("")
-    (step / "progress.json").write_text(json.dumps(dict(files=checkpoint._manifest(step))))
-    (folder / "config.json").write_text(json.dumps(dict(model="resnet_fmnist", num_classes=10, in_chans=1)))
+    (step / checkpoint.LOG).write_text("")
+    (step / checkpoint.PROGRESS).write_text(json.dumps(dict(files=checkpoint._manifest(step))))
+    RunFolder(folder).config.write_text(json.dumps(dict(model="resnet_fmnist", num_classes=10, in_chans=1)))
     return folder
 
 

@@ -12,6 +12,8 @@ import torch
 
 from conftest import ROOT, final_params, free_port, launch, launch_env, step_losses
 
+from largebatch.training.runfolder import RunFolder
+
 pytestmark = pytest.mark.slow  # trains: see `pytest -m "not slow"` for the fast tier
 
 RECIPE = ROOT / "recipes/fashion_mnist.py"
@@ -41,7 +43,7 @@ def test_killed_worker_is_restarted_and_finishes_bitwise_identical(tmp_path, sma
     launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     target = f"step_{random.choice([2, 4, 6, 8, 10]):08d}"
     deadline = time.time() + 300
-    while not (run / "checkpoints" / target).exists() and time.time() < deadline and launcher.poll() is None:
+    while not (RunFolder(run).checkpoints / target).exists() and time.time() < deadline and launcher.poll() is None:
         time.sleep(0.02)
     workers = [p for p in psutil.Process(launcher.pid).children(recursive=True) if str(RECIPE) in " ".join(p.cmdline())]
     assert len(workers) == 2, workers
@@ -57,7 +59,7 @@ def test_corrupt_checkpoint_is_skipped_for_the_previous_one(tmp_path, small_fmni
     launch(RECIPE, _args(small_fmnist, tmp_path / "straight"))
     run = tmp_path / "run"
     launch(RECIPE, _args(small_fmnist, run))
-    newest = sorted((run / "checkpoints").glob("step_*"))[-1]
+    newest = sorted(RunFolder(run).checkpoints.glob("step_*"))[-1]
     model = newest / "model.safetensors"
     model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])  # truncated
     out = launch(RECIPE, _args(small_fmnist, run, "--resume"))
@@ -75,7 +77,7 @@ def test_full_disk_during_checkpoint_keeps_the_previous_one(tmp_path, small_fmni
     assert out.returncode == 2, out.stderr[-3000:]
     line = out.stderr.strip().splitlines()[-1]
     assert "No space left on device" in line and "step_00000004" in line and "is intact" in line, line
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
+    assert sorted(p.name for p in RunFolder(run).checkpoints.iterdir()) == ["step_00000002", "step_00000004"]
     resumed = launch(RECIPE, _args(small_fmnist, run, "--resume"))
     assert "resuming from" in resumed.stdout and "step_00000004" in resumed.stdout
     assert _same_params(run, tmp_path / "straight")
@@ -92,7 +94,7 @@ def test_divergence_stops_with_step_rate_and_cause(tmp_path, fmnist_dir):
     line = out.stderr.strip().splitlines()[-1]
     assert "diverged" in line and "learning rate 4e+06" in line and "no warmup" in line, line
     step = int(line.split("at step ")[1].split(",")[0])
-    kept = sorted((run / "checkpoints").glob("step_*"))
+    kept = sorted(RunFolder(run).checkpoints.glob("step_*"))
     assert kept and kept[-1].name == f"step_{step:08d}"  # checkpoints up to the step before; none after
     assert str(kept[-1]) in line
     params = final_params(run)
@@ -120,7 +122,8 @@ def test_killed_loader_worker_is_one_line(tmp_path, small_fmnist):
                             cwd=ROOT, env=dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS="1"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while not (run / "checkpoints/step_00000002").exists() and proc.poll() is None and time.time() < deadline:
+    target = RunFolder(run).checkpoints / "step_00000002"
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     worker = psutil.Process(proc.pid).children()[0]  # a DataLoader worker
     worker.send_signal(signal.SIGKILL)

@@ -27,6 +27,7 @@ from largebatch.training.config import parse_config
 from largebatch.training.metrics import read_metrics
 from largebatch.training.recipes import RECIPES
 from largebatch.training.schedule import lr_at, schedule_of
+from largebatch.training.runfolder import RunFolder
 
 pytestmark = [pytest.mark.slow, pytest.mark.numerics]
 
@@ -84,14 +85,14 @@ def test_cell(matrix, engine, form, accumulation, bn):
         assert "\n" not in line and "--optimizer lars" in line and f"ZeRO stage {engine[-1]}" in line, line
         return
     assert not (run / "refused.txt").exists()
-    steps, evals = read_metrics(run / "metrics.jsonl")
+    steps, evals = read_metrics(RunFolder(run).metrics)
     # The rate: the schedule's at every step, and a new one at every step.
     sched = schedule_of(parse_config(args_of(form, accumulation, bn), **RECIPES["fashion_mnist"].defaults), STEPS)
     logged = [r["lr"] for r in steps]
     assert logged == [lr_at(s, sched) for s in range(STEPS)]
     assert len(set(logged)) == STEPS
     # Resume from step 2: bit for bit the uninterrupted run.
-    assert (run.parent / (run.name + "-resumed") / "metrics.jsonl").read_text() == (run / "metrics.jsonl").read_text()
+    assert RunFolder(run.parent / (run.name + "-resumed")).metrics.read_text() == RunFolder(run).metrics.read_text()
     # Against the one-process reference of the same global batch: exact for the reference itself, and for
     # ZeRO-1 against DDP (both all-reduce the accumulated gradient once; with 2 ranks that sum is a + b,
     # the same bits in either order); within the drift rule otherwise.

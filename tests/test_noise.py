@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from largebatch.training.noise import NoiseScale, unbiased
+from largebatch.training.runfolder import RunFolder
 
 
 def test_recovers_trace_and_gradient_norm_of_linear_regression():
@@ -71,7 +72,7 @@ def test_runs_log_the_noise_scale_and_adascale_gain(tmp_path, small_fmnist):
     args = ["--data-dir", small_fmnist, "--global-batch", 1024, "--micro-batch", 256, "--subset", 4096, "--epochs", 1,
             "--optimizer", "adascale", "--checkpoint-every", 1, "--keep-checkpoints", 20]
     launch(ROOT / "recipes/fashion_mnist.py", [*args, "--run-dir", run])
-    steps, _ = read_metrics(run / "metrics.jsonl")
+    steps, _ = read_metrics(RunFolder(run).metrics)
     assert steps[0]["gain"] == 1.0  # no estimate before the first step
     for row in steps:
         assert 1.0 <= row["gain"] <= 4.0 and row["noise_scale"] > 0 and row["grad_sq"] > 0
@@ -84,10 +85,10 @@ def test_runs_log_the_noise_scale_and_adascale_gain(tmp_path, small_fmnist):
     assert 4 <= len(steps) <= 16 and any(r["gain"] < 4 for r in steps)  # more steps than linear scaling's 4
     assert [r["lr"] for r in steps] == pytest.approx([lr_at(r["tau"], base, r["gain"]) for r in steps])
     # Resumed from the middle, tau comes back with the checkpoint: the same steps, rates and gains.
-    for later in sorted((run / "checkpoints").glob("step_*"))[2:]:
+    for later in sorted(RunFolder(run).checkpoints.glob("step_*"))[2:]:
         shutil.rmtree(later)
     launch(ROOT / "recipes/fashion_mnist.py", [*args, "--run-dir", run, "--resume"])
-    assert read_metrics(run / "metrics.jsonl")[0] == steps
+    assert read_metrics(RunFolder(run).metrics)[0] == steps
     # No accumulation, no micro-batch gradient to compare: AdaScale is refused in one line.
     out = launch(ROOT / "recipes/fashion_mnist.py", ["--global-batch", 256, "--micro-batch", 256, "--subset", 512,
                                                      "--epochs", 1, "--optimizer", "adascale",

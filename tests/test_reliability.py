@@ -21,6 +21,7 @@ from largebatch.training import checkpoint
 from largebatch.training.config import Config
 from largebatch.training.metrics import read_metrics
 from largebatch.training.preempt import StopSignals
+from largebatch.training.runfolder import RunFolder
 
 RECIPE = ROOT / "recipes/fashion_mnist.py"
 STOPPED = 75  # errors.EXIT_STOPPED
@@ -57,7 +58,7 @@ def _same_run(a, b):
     """Bitwise the same weights and the same metrics.jsonl."""
     pa, pb = final_params(a), final_params(b)
     assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
-    assert (a / "metrics.jsonl").read_text() == (b / "metrics.jsonl").read_text()
+    assert RunFolder(a).metrics.read_text() == RunFolder(b).metrics.read_text()
 
 
 def _stop_line(output):
@@ -72,7 +73,7 @@ def _stop_line(output):
 def test_signal_checkpoints_the_step_and_resume_is_identical(sig, straight, small_fmnist, tmp_path):
     run = tmp_path / "run"
     proc = _start(_args(small_fmnist, run), 1)
-    _wait_for(run / "checkpoints/step_00000004", proc)
+    _wait_for(RunFolder(run).checkpoints / "step_00000004", proc)
     proc.send_signal(sig)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == STOPPED, output[-3000:]
@@ -80,8 +81,9 @@ def test_signal_checkpoints_the_step_and_resume_is_identical(sig, straight, smal
     assert output.strip().splitlines()[-1] == line and "Traceback" not in output
     assert f"{sig.name} received" in line and "--resume" in line
     step = int(line.split("stopped after step ")[1].split()[0])
-    assert 4 <= step < 32 and (run / f"checkpoints/step_{step:08d}").is_dir()  # that step, not the last even one
-    assert not (run / "summary.json").exists()  # a sweep must not count it as done
+    # that step, not the last even one
+    assert 4 <= step < 32 and (RunFolder(run).checkpoints / f"step_{step:08d}").is_dir()
+    assert not RunFolder(run).summary.exists()  # a sweep must not count it as done
 
     launch(RECIPE, _args(small_fmnist, run, "--resume"))
     _same_run(run, straight[1])
@@ -93,7 +95,7 @@ def test_a_second_signal_after_the_stop_line_does_not_kill_the_stopped_run(small
     run = tmp_path / "run"
     proc = subprocess.Popen(launch_command(RECIPE, _args(small_fmnist, run), 1), cwd=ROOT, env=launch_env(1),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _wait_for(run / "checkpoints/step_00000004", proc)
+    _wait_for(RunFolder(run).checkpoints / "step_00000004", proc)
     proc.send_signal(signal.SIGTERM)
     for line in proc.stderr:
         if line.startswith("stopped: "):
@@ -111,12 +113,12 @@ def test_signal_during_start_up_stops_after_the_first_step(small_fmnist, tmp_pat
     progress (it used to die of the signal with nothing saved)."""
     run = tmp_path / "run"
     proc = _start(_args(small_fmnist, run), 1)
-    _wait_for(run / "config.json", proc)
+    _wait_for(RunFolder(run).config, proc)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == STOPPED, output[-3000:]
     step = int(_stop_line(output).split("stopped after step ")[1].split()[0])
-    assert 1 <= step < 32 and (run / f"checkpoints/step_{step:08d}").is_dir()
+    assert 1 <= step < 32 and (RunFolder(run).checkpoints / f"step_{step:08d}").is_dir()
 
 
 @pytest.mark.slow
@@ -124,12 +126,12 @@ def test_sigterm_to_the_launcher_checkpoints_every_rank(straight, small_fmnist, 
     """torchrun forwards the launcher's SIGTERM to its workers; they finish the step and checkpoint together."""
     run = tmp_path / "run"
     proc = _start(_args(small_fmnist, run), 2)
-    _wait_for(run / "checkpoints/step_00000004", proc)
+    _wait_for(RunFolder(run).checkpoints / "step_00000004", proc)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
     line = _stop_line(output)
     step = int(line.split("stopped after step ")[1].split()[0])
-    assert step < 32 and (run / f"checkpoints/step_{step:08d}").is_dir()
+    assert step < 32 and (RunFolder(run).checkpoints / f"step_{step:08d}").is_dir()
     launch(RECIPE, _args(small_fmnist, run, "--resume"), nproc=2)
     _same_run(run, straight[2])
 
@@ -140,20 +142,20 @@ def test_killed_launcher_takes_its_workers_along_and_another_split_resumes(strai
     The run then resumes on 1 process (the same global batch split otherwise): allowed, recorded."""
     run = tmp_path / "run"
     proc = _start(_args(small_fmnist, run), 2)
-    _wait_for(run / "checkpoints/step_00000004", proc)
+    _wait_for(RunFolder(run).checkpoints / "step_00000004", proc)
     workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if str(RECIPE) in " ".join(p.cmdline())]
     assert len(workers) == 2, workers
     proc.kill()
     proc.communicate()
     gone, alive = psutil.wait_procs(workers, timeout=60)
     assert not alive, f"workers outlived their launcher: {alive}"
-    stopped = sorted(p.name for p in (run / "checkpoints").glob("step_*"))[-1]
-    assert stopped < "step_00000032" and not (run / "summary.json").exists()
+    stopped = sorted(p.name for p in RunFolder(run).checkpoints.glob("step_*"))[-1]
+    assert stopped < "step_00000032" and not RunFolder(run).summary.exists()
 
     out = launch(RECIPE, _args(small_fmnist, run, "--resume", "--micro-batch", 128))
     assert "on another split of global batch 256: 2 processes x micro-batch 64 x 2 accumulation steps -> " \
            "1 processes x micro-batch 128 x 2 accumulation steps" in out.stderr
-    segments = json.loads((run / "config.json").read_text())["segments"]
+    segments = json.loads(RunFolder(run).config.read_text())["segments"]
     assert [(s["step"], s["world_size"], s["micro_batch"], s["accumulation"]) for s in segments] == [
         (0, 2, 64, 2), (int(stopped[5:]), 1, 128, 2)]
     # The same run up to float rounding, which grows with the steps taken on the other split: no further
@@ -170,8 +172,8 @@ def test_killed_launcher_takes_its_workers_along_and_another_split_resumes(strai
 def test_a_split_dependent_run_refuses_another_split(small_fmnist, tmp_path):
     run = tmp_path / "run"
     launch(RECIPE, _args(small_fmnist, run, "--bn", "micro", "--epochs", 0.5))  # 4 steps
-    (run / "summary.json").unlink()
-    shutil.rmtree(run / "checkpoints/step_00000004")
+    RunFolder(run).summary.unlink()
+    shutil.rmtree(RunFolder(run).checkpoints / "step_00000004")
     out = launch(RECIPE, _args(small_fmnist, run, "--bn", "micro", "--epochs", 0.5, "--resume", "--micro-batch",
                                128), check=False)
     assert out.returncode == 2 and "Traceback" not in out.stderr
@@ -185,7 +187,7 @@ def test_second_run_in_a_folder_is_refused_naming_the_holder(straight, small_fmn
     for nproc in (1, 2):
         run = tmp_path / str(nproc)
         first = _start(_args(small_fmnist, run), nproc)
-        _wait_for(run / "metrics.jsonl", first)
+        _wait_for(RunFolder(run).metrics, first)
         family = [psutil.Process(first.pid)] + psutil.Process(first.pid).children(recursive=True)
         for p in family:
             p.suspend()
@@ -207,9 +209,9 @@ def test_second_run_in_a_folder_is_refused_naming_the_holder(straight, small_fmn
 def test_damaged_metrics_log_is_rebuilt_from_the_checkpoint(damage, straight, small_fmnist, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(straight[1], run)
-    (run / "summary.json").unlink()
-    shutil.rmtree(run / "checkpoints/step_00000032")  # as if stopped after step 30
-    log = run / "metrics.jsonl"
+    RunFolder(run).summary.unlink()
+    shutil.rmtree(RunFolder(run).checkpoints / "step_00000032")  # as if stopped after step 30
+    log = RunFolder(run).metrics
     if damage == "truncated":  # below what the checkpoint holds
         log.write_bytes(log.read_bytes()[:300])
     elif damage == "deleted":
@@ -249,7 +251,7 @@ def test_stop_signals_note_the_first_signal_and_restore_the_handlers():
 
 
 def test_checkpoint_without_progress_is_refused_not_ignored(tmp_path):
-    folder = tmp_path / "checkpoints"
+    folder = RunFolder(tmp_path).checkpoints
     (folder / "step_00000004").mkdir(parents=True)
     (folder / "step_00000004" / "model.safetensors").write_bytes(b"weights")
     cfg = Config(resume=True)
@@ -261,7 +263,7 @@ def test_checkpoint_without_progress_is_refused_not_ignored(tmp_path):
 
 
 def test_damaged_metrics_line_is_one_clear_error(tmp_path):
-    log = tmp_path / "metrics.jsonl"
+    log = RunFolder(tmp_path).metrics
     log.write_bytes(b'{"step": 0, "loss": 2.3}\n\0\0\0{"step": 1\n')
     with pytest.raises(UserError, match=r"metrics.jsonl line 2 is not a JSON row .* --resume"):
         read_metrics(log)
@@ -298,7 +300,7 @@ def test_worker_whose_launcher_is_already_gone_does_not_train(marker):
 
 def test_a_resume_refused_for_another_batch_says_nothing_of_splits(tmp_path, capsys):
     """Another global batch is another configuration, refused as such, without first announcing 'another split'."""
-    step = tmp_path / "checkpoints/step_00000004"
+    step = RunFolder(tmp_path).checkpoints / "step_00000004"
     step.mkdir(parents=True)
     (step / checkpoint.LOG).write_text("")
     written = Config(global_batch=512, micro_batch=64)
@@ -306,6 +308,6 @@ def test_a_resume_refused_for_another_batch_says_nothing_of_splits(tmp_path, cap
         files=checkpoint._manifest(step), config=written.trajectory(), dataset={}, step=4,
         segments=[dict(step=0, world_size=1, micro_batch=64, accumulation=8)])))
     with pytest.raises(UserError, match=r"another configuration \(global_batch 512 -> 256\)"):
-        checkpoint.resume_point(Config(global_batch=256, micro_batch=64, resume=True), tmp_path / "checkpoints", {},
-                                "plain (DDP or one process)", dict(world_size=1, micro_batch=64, accumulation=4))
+        checkpoint.resume_point(Config(global_batch=256, micro_batch=64, resume=True), RunFolder(tmp_path).checkpoints,
+                                {}, "plain (DDP or one process)", dict(world_size=1, micro_batch=64, accumulation=4))
     assert "split" not in capsys.readouterr().err

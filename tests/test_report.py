@@ -8,6 +8,7 @@ import pytest
 from largebatch.tools.cli import main
 from largebatch.tools.report import load_run
 from largebatch.training.config import Config
+from largebatch.training.runfolder import RunFolder
 
 BATCH = """name: batch_size
 program: recipes/fashion_mnist.py
@@ -32,15 +33,15 @@ def _run(folder, errors, status="finished", noise=None, **config):
     b = config["global_batch"]
     config = dict(dataclasses.asdict(Config(epochs=6, warmup_epochs=1)), dataset="fashion-mnist",
                   peak_lr=0.1 * b / 256, steps_per_epoch=60000 / b, **config)
-    (folder / "config.json").write_text(json.dumps(config))
+    RunFolder(folder).config.write_text(json.dumps(config))
     epochs = [1, 2, 3, 4, 5, 6][: 6 - len(errors)] + [6 - 0.15 * (len(errors) - 1 - i) for i in range(len(errors))]
     rows = [dict(step=0, epoch=0.1, lr=0.1, loss=2.0, examples=b)]
     if noise is not None:  # a run with accumulation logs the noise scale at each step
         rows = [dict(rows[0], noise_scale=noise)]  # the one step is at the peak rate
     rows += [dict(epoch=e, train_error=0.5 - 0.05 * i, test_error=err, test_loss=1.0)
              for i, (e, err) in enumerate(zip(epochs, [0.5] * (6 - len(errors)) + errors))]
-    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / "summary.json").write_text(json.dumps(dict(status=status)))
+    RunFolder(folder).metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    RunFolder(folder).summary.write_text(json.dumps(dict(status=status)))
 
 
 @pytest.fixture
@@ -247,7 +248,7 @@ def test_an_ablation_at_two_batches_is_a_table_in_the_papers_form(runs, tmp_path
 
 def test_a_run_written_before_an_option_existed_reads_it_at_its_default(runs):
     folder = runs / "batch_size/global-batch=512,seed=0"
-    config = json.loads((folder / "config.json").read_text())
+    config = json.loads(RunFolder(folder).config.read_text())
     del config["lr_scaling"]  # runs from before --lr-scaling (they scaled linearly, today's default)
-    (folder / "config.json").write_text(json.dumps(config))
+    RunFolder(folder).config.write_text(json.dumps(config))
     assert load_run(folder).config["lr_scaling"] == Config().lr_scaling == "linear"

@@ -11,6 +11,8 @@ import torch
 
 from conftest import ROOT, final_params, launch
 
+from largebatch.training.runfolder import RunFolder
+
 pytestmark = pytest.mark.slow  # trains: see `pytest -m "not slow"` for the fast tier
 
 RECIPE = ROOT / "recipes/fashion_mnist.py"
@@ -32,19 +34,19 @@ def test_kill_and_resume_gives_identical_parameters_and_metrics(tmp_path, small_
                             env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not list((killed / "checkpoints").glob("step_00000004")) and time.time() < deadline:
+    while not list(RunFolder(killed).checkpoints.glob("step_00000004")) and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = sorted(p.name for p in (killed / "checkpoints").glob("step_*"))
+    done = sorted(p.name for p in RunFolder(killed).checkpoints.glob("step_*"))
     assert done and done[-1] < "step_00000024", f"the run finished before it could be killed: {done}"
 
     out = launch(RECIPE, _args(small_fmnist, killed) + ["--resume"])
     assert "resuming from" in out.stdout
     a, b = final_params(tmp_path / "straight"), final_params(killed)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert (killed / "metrics.jsonl").read_text() == (tmp_path / "straight" / "metrics.jsonl").read_text()
-    assert len(list((killed / "checkpoints").glob("step_*"))) == 3  # keep-checkpoints
+    assert RunFolder(killed).metrics.read_text() == RunFolder(tmp_path / "straight").metrics.read_text()
+    assert len(list(RunFolder(killed).checkpoints.glob("step_*"))) == 3  # keep-checkpoints
 
 
 def test_resume_refuses_checkpoint_of_another_config(tmp_path, small_fmnist):
@@ -59,4 +61,4 @@ def test_resume_refuses_checkpoint_of_another_config(tmp_path, small_fmnist):
     # Without --resume an existing run is not overwritten either.
     out = launch(RECIPE, ["--global-batch", 256, "--subset", 512, "--epochs", 1, "--run-dir", run], check=False)
     assert out.returncode == 2 and "--resume" in out.stderr
-    assert json.loads((run / "config.json").read_text())["global_batch"] == 256
+    assert json.loads(RunFolder(run).config.read_text())["global_batch"] == 256

@@ -18,6 +18,8 @@ import torch
 
 from conftest import ROOT, final_params, free_port, launch, launch_env
 
+from largebatch.training.runfolder import RunFolder
+
 SBATCH = ROOT / "accelerate_configs/slurm.sbatch"
 RECIPE = ROOT / "recipes/fashion_mnist.py"
 
@@ -127,7 +129,7 @@ def test_two_nodes_train_as_two_processes_on_one(small_fmnist, tmp_path):
     assert out.count("global batch 128 = micro-batch 32 x 2 processes x 2 accumulation steps") == 2, out[-3000:]
     one, nodes = tmp_path / "one", tmp_path / "nodes"
     # The same ranks in the same order, so the same all-reduces: bit for bit the same run.
-    assert (nodes / "metrics.jsonl").read_text() == (one / "metrics.jsonl").read_text()
+    assert RunFolder(nodes).metrics.read_text() == RunFolder(one).metrics.read_text()
     a, b = final_params(one), final_params(nodes)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not (tmp_path / "scontrol.log").exists()  # a finished job is not requeued

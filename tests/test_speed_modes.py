@@ -16,6 +16,8 @@ from torch._inductor.cpu_vec_isa import pick_vec_isa
 
 from conftest import ROOT, assert_within_drift, drift_used, launch, launch_command, launch_env, step_losses
 
+from largebatch.training.runfolder import RunFolder
+
 pytestmark = [pytest.mark.slow, pytest.mark.numerics]
 
 RECIPE = ROOT / "recipes/fashion_mnist.py"
@@ -73,9 +75,9 @@ def test_mode_is_the_same_experiment(tmp_path, small_fmnist, mode):
     # Resumed from step 4 (its checkpoint and log copy only), in the same mode: the same log, byte for byte.
     resumed = tmp_path / "resumed"
     shutil.copytree(tmp_path / "1x4x64", resumed)
-    for later in sorted((resumed / "checkpoints").glob("step_*"))[2:]:
+    for later in sorted(RunFolder(resumed).checkpoints.glob("step_*"))[2:]:
         shutil.rmtree(later)
-    (resumed / "summary.json").unlink()
+    RunFolder(resumed).summary.unlink()
     out = _train(small_fmnist, resumed, mode, 1, 64, resume=True)
     assert "resuming from" in out.stdout and "step_00000004" in out.stdout
-    assert (resumed / "metrics.jsonl").read_text() == (tmp_path / "1x4x64" / "metrics.jsonl").read_text()
+    assert RunFolder(resumed).metrics.read_text() == RunFolder(tmp_path / "1x4x64").metrics.read_text()

@@ -9,9 +9,10 @@ from conftest import ROOT
 
 from largebatch.tools.cli import main
 from largebatch.training.config import Config
-from largebatch.training.launch import uses_wandb
+from largebatch.training.tracking import uses_wandb
 from largebatch.training.rundir import run_dir_of
 from largebatch.tools.sweep import checked_runs, load_sweep
+from largebatch.training.runfolder import RunFolder
 
 SWEEPS = ROOT / "recipes/sweeps"
 
@@ -158,8 +159,8 @@ def test_tiny_sweep_runs_skips_resumes_and_reuses(tmp_path, fmnist_dir):
     proc = _sweep(first, "--out", out)
     for b in (128, 256):
         run = out / "tiny" / f"global-batch={b}"
-        summary = json.loads((run / "summary.json").read_text())
-        config = json.loads((run / "config.json").read_text())
+        summary = json.loads(RunFolder(run).summary.read_text())
+        config = json.loads(RunFolder(run).config.read_text())
         assert summary["status"] == "finished" and 0 < summary["test_error"] < 1
         assert (config["global_batch"], config["micro_batch_used"], config["epochs"]) == (b, b, 1)
         assert f"global-batch={b}: finished: test error {100 * summary['test_error']:.2f}%" in proc.stdout
@@ -196,7 +197,7 @@ def test_a_damaged_summary_is_run_again_not_taken_as_finished(tmp_path, capsys, 
     runs = checked_runs(sweep, tmp_path / "out")
     for run, summary in zip(runs, ['{"status": "finished", "test_error": 0.1}', "{garbage"]):
         run.folder.mkdir(parents=True)
-        (run.folder / "summary.json").write_text(summary)
+        RunFolder(run.folder).summary.write_text(summary)
     todo = _still_to_run(sweep, runs, tmp_path / "out")
     out = capsys.readouterr()
     assert [r.name for r in todo] == ["global-batch=256"]  # resumed: its last checkpoint rewrites the summary

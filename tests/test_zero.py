@@ -15,6 +15,7 @@ from conftest import ROOT, assert_within_drift, launch, launch_command, launch_e
 
 from largebatch.tools.cli import main
 from largebatch.training.data import load_fashion_mnist
+from largebatch.training.runfolder import RunFolder
 
 pytestmark = pytest.mark.slow  # trains: see `pytest -m "not slow"` for the fast tier
 
@@ -32,7 +33,7 @@ def _run(data, run_dir, *extra, config="cpu_2proc.yaml", check=True):
 
 
 def _evals(run_dir):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in RunFolder(run_dir).metrics.read_text().splitlines()]
     return [r for r in rows if "test_error" in r]
 
 
@@ -64,7 +65,7 @@ def runs(tmp_path_factory, small_fmnist):
 def test_zero_trains_what_ddp_trains(runs, stage):
     (ddp, _), (run, proc) = runs["ddp"], runs[stage]
     assert f"| ZeRO stage {stage}" in proc.stdout  # the run header
-    assert (sorted((run / "checkpoints").glob("step_*"))[-1] / "pytorch_model").is_dir()  # DeepSpeed's format
+    assert (sorted(RunFolder(run).checkpoints.glob("step_*"))[-1] / "pytorch_model").is_dir()  # DeepSpeed's format
     a, b = step_losses(ddp), step_losses(run)
     assert len(a) == len(b) == 8
     # Stage 1 all-reduces the accumulated gradient once, as DDP does: with 2 ranks the same bits. Stages 2 and
@@ -86,7 +87,7 @@ def test_killed_zero_run_resumes_to_the_same_losses(runs, small_fmnist, tmp_path
     cmd = launch_command(RECIPE, [*ARGS, "--data-dir", small_fmnist, "--run-dir", run], nproc=2, config=ZERO[stage])
     proc = subprocess.Popen(cmd, cwd=ROOT, env=launch_env(2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (run / "checkpoints/step_00000004/progress.json").exists() and proc.poll() is None:
+    while not (RunFolder(run).checkpoints / "step_00000004/progress.json").exists() and proc.poll() is None:
         assert time.time() < deadline
         time.sleep(0.05)
     launcher = psutil.Process(proc.pid)
@@ -96,10 +97,10 @@ def test_killed_zero_run_resumes_to_the_same_losses(runs, small_fmnist, tmp_path
         except psutil.NoSuchProcess:
             pass
     proc.wait()
-    for later in sorted((run / "checkpoints").glob("step_*"))[2:]:  # as if killed right after step 4
+    for later in sorted(RunFolder(run).checkpoints.glob("step_*"))[2:]:  # as if killed right after step 4
         shutil.rmtree(later)
     if stage == 3:
-        shard = sorted((run / "checkpoints/step_00000004/pytorch_model").glob("*optim_states.pt"))[0]
+        shard = sorted((RunFolder(run).checkpoints / "step_00000004/pytorch_model").glob("*optim_states.pt"))[0]
         shard.write_bytes(shard.read_bytes()[:1000])
     out = _run(small_fmnist, run, "--resume", config=ZERO[stage])
     assert "resuming from" in out.stdout
@@ -116,7 +117,7 @@ def test_divergence_under_zero_stops_where_ddp_stops(tmp_path, small_fmnist):
         out = _run(small_fmnist, tmp_path / mode, *bad, config=config, check=False)
         lines[mode] = _error_line(out)
         assert "diverged" in lines[mode] and "the gradient is not finite" in lines[mode], lines[mode]
-        assert json.loads((tmp_path / mode / "summary.json").read_text())["status"] == "diverged"
+        assert json.loads((tmp_path / RunFolder(mode).summary).read_text())["status"] == "diverged"
     steps = {m: int(line.split("at step ")[1].split(",")[0]) for m, line in lines.items()}
     assert steps["ddp"] == steps["zero2"]
     kept = sorted((tmp_path / "zero2/checkpoints").glob("step_*"))

@@ -3,106 +3,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 from ..errors import Stopped, UserError, exit_with
-from ..training import noise
-from ..training.metrics import STATUS, read_metrics, read_summary
-from ..training.recipes import RECIPES, run_recipe
+from ..training.recipes import RECIPES
 from . import figures, plan
+from .compare import compare
 from .dashboard import SWEEP_FILES, dashboard
 from .export import export
+from .noise import noise_run
 from .prepare import prepare_imagenet
 from .report import write_report
 from .sweep import run_sweep
-
-
-def compare(run_dirs: list[str], plot: str, band: float = 0.5, seeds: str | None = None) -> str:
-    """Table of each run's batch, rate and final errors, and a verdict on each run against the first (the
-    baseline): inside the band of `band` points over its test error or not. Writes the overlaid training
-    curves to `plot`. `seeds`: a check.json of benchmarks/demo_check.py, whose seed spread and tally of other
-    seed pairs the last verdict line quotes (one seed pair is one sample)."""
-    rows, labels, finals = [], [], []
-    for run in map(Path, run_dirs):
-        if not (run / "metrics.jsonl").is_file() or not (run / "config.json").is_file():
-            raise UserError(f"{run} is not a finished run folder (needs config.json and metrics.jsonl)")
-        cfg = json.loads((run / "config.json").read_text())
-        _, evals = read_metrics(run / "metrics.jsonl")
-        if not evals:
-            raise UserError(f"{run} has no evaluation yet")
-        last, summary = evals[-1], read_summary(run)
-        unfinished = None if summary and summary[STATUS] == "finished" else (
-            "diverged" if summary else f"not finished: epoch {last['epoch']:.1f} of {cfg['epochs']:g}")
-        labels.append(f"B={cfg['global_batch']}")
-        finals.append((cfg, 100 * last["test_error"], unfinished))
-        rows.append(f"{run.name:<28} {cfg['global_batch']:>6} {cfg['accumulation_steps']:>5} {cfg['peak_lr']:>7.3g} "
-                    f"{cfg['warmup'] if cfg['warmup_steps'] else 'none':>8} {last['epoch']:>6.1f} "
-                    f"{100 * last['train_error']:>8.2f} {100 * last['test_error']:>8.2f}"
-                    + (f"  ({unfinished})" if unfinished else ""))
-    figures.training_curves(list(map(Path, run_dirs)), labels, Path(plot))
-    header = f"{'run':<28} {'B':>6} {'accum':>5} {'lr':>7} {'warmup':>8} {'epoch':>6} {'train %':>8} {'test %':>8}"
-    verdicts = _verdicts(finals, band)
-    if seeds:
-        verdicts[-1] += " | " + _seed_spread(seeds)
-    return "\n".join([header, *rows, f"training curves: {plot}", *verdicts])
-
-
-def _seed_spread(check_file: str) -> str:
-    """The pair's spread over its 5 seeds and the tally of other seed pairs, from benchmarks/demo_check.py."""
-    try:
-        check = json.loads(Path(check_file).read_text())
-        sel, stats = check["selection"], check["selection"]["stats"]
-    except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"--seeds {check_file} is not a check.json of benchmarks/demo_check.py ({e})") from None
-    cells = [f"B = {b} {s['mean']:.2f} ± {s['std']:.2f} ({s['min']:.2f}–{s['max']:.2f})" for b, s in stats.items()]
-    tallies = [f"{c['matched']}/{c['pairs']} {isa}" for isa, c in check["checks"].items() if c["pairs"]]
-    return (f"over {min(s['n'] for s in stats.values())} seeds: " + ", ".join(cells)
-            + (f"; other seed pairs matched {', '.join(tallies)}" if tallies else ""))
-
-
-def _verdicts(finals: list[tuple[dict, float, str | None]], band: float) -> list[str]:
-    """One line per run after the first: did it land within `band` points of the first run's test error? None
-    for a run that did not finish (its error is not the run's), nor against a baseline that did not."""
-    (base, base_error, base_unfinished), lines = finals[0], []
-    if base_unfinished:
-        return [f"no verdicts: the baseline B = {base['global_batch']} is {base_unfinished}; finish it with --resume"]
-    for cfg, error, unfinished in finals[1:]:
-        if unfinished:
-            lines.append(f"B = {cfg['global_batch']}: no verdict, the run is {unfinished}"
-                         + ("" if unfinished == "diverged" else "; finish it with --resume"))
-            continue
-        k, inside = cfg["global_batch"] / base["global_batch"], error <= base_error + band
-        lines.append(f"B = {cfg['global_batch']} ({k:g}x the baseline, {cfg['accumulation_steps']} accumulation "
-                     f"steps of {cfg['micro_batch_used']}): {error:.2f}% test error against {base_error:.2f}% at "
-                     f"B = {base['global_batch']}, " + (f"inside the band ({base_error + band:.2f}%): the large batch "
-                                                        f"matched" if inside else f"outside the band "
-                                                        f"({base_error + band:.2f}%): it did NOT match"))
-    return lines
-
-
-def noise_run(args) -> str:
-    """Train the recipe at a small batch with accumulation, then read its noise scale off metrics.jsonl."""
-    if args.global_batch % args.micro_batch or args.global_batch == args.micro_batch:
-        raise UserError(f"--global-batch {args.global_batch} must be a multiple of --micro-batch {args.micro_batch} "
-                        f"(at least 2x): the noise scale compares the micro-batch's gradient with the batch's")
-    run_recipe(args.recipe, [f"--global-batch={args.global_batch}", f"--micro-batch={args.micro_batch}",
-                             f"--epochs={args.epochs:g}", f"--warmup-epochs={args.epochs / 4:g}",
-                             f"--run-dir={args.run_dir}", "--resume", *args.recipe_args])
-    steps, _ = read_metrics(Path(args.run_dir) / "metrics.jsonl")
-    cfg = json.loads((Path(args.run_dir) / "config.json").read_text())
-    b_crit, rows = noise.critical_batch(steps)
-    if not rows:
-        raise UserError(f"{args.run_dir} logged no noise scale (it needs gradient accumulation)")
-    batch, lr = noise.recommend(b_crit, args.micro_batch, cfg["base_lr"], cfg["base_batch"])
-    lines = [f"{'epoch':>6} {'loss':>7} {'tr(Σ)':>10} {'|G|²':>10} {'B_simple':>9}"]
-    lines += [f"{r['epoch']:>6.2f} {r['loss']:>7.3f} {r['grad_var']:>10.4g} {r['grad_sq']:>10.4g} "
-              f"{r['noise_scale']:>9.0f}" for r in rows]
-    lines += [f"critical batch (B_simple at the peak learning rate): {b_crit:.0f}. It grows as the loss falls, "
-              f"so a longer run's is larger.",
-              f"recommended: --global-batch {batch} --base-lr {cfg['base_lr']:g} (lr {lr:g} by linear scaling) with "
-              f"gradual warmup; past about {b_crit:.0f} a larger batch stops cutting the number of steps"]
-    return "\n".join(lines)
 
 
 def plan_run(args) -> str:

@@ -21,7 +21,7 @@ import re
 from unittest import mock
 
 from ..errors import UserError
-from ..training import metrics
+from ..training import runfolder as metrics  # the names the engine logs
 from ..training.config import Config, parse_config
 from ..training.recipes import recipe_of
 from .report import section_title
@@ -86,7 +86,7 @@ def build_views(files: list[str], ids: list[str]) -> list[View]:
         for key in map(option, pinned):
             values = list(dict.fromkeys(c[key] for c in configs))
             clauses.append(expr.Config(key) == values[0] if len(values) == 1 else expr.Config(key).isin(values))
-        clauses.append(expr.Summary(metrics.STATUS) == "finished")
+        clauses.append(expr.Summary(metrics.STATUS) == metrics.FINISHED)
         if ids:
             clauses.append(expr.Metric("Sweep").isin(ids))
         batches = {c["global_batch"] for c in configs}

@@ -8,7 +8,6 @@ layers are BatchNorm2d subclasses with BatchNorm2d's keys, so the file loads wit
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from pathlib import Path
 
@@ -20,14 +19,16 @@ from safetensors.torch import load_file, save_file
 from ..errors import UserError, write_failure
 from ..training import checkpoint
 from ..training import models  # noqa: F401  (registers the small ResNets with timm)
+from ..training.runfolder import CONFIG, RunFolder
 
 
 def trained_state(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict, Path]:
     """(state dict, the run's config.json, the checkpoint it came from)."""
-    if not (run_dir / "config.json").is_file():
-        raise UserError(f"{run_dir} is not a run folder (it has no config.json)")
-    cfg = json.loads((run_dir / "config.json").read_text())
-    usable = checkpoint.latest_usable(run_dir / "checkpoints")
+    folder = RunFolder(run_dir)
+    if not folder.config.is_file():
+        raise UserError(f"{run_dir} is not a run folder (it has no {CONFIG})")
+    cfg = folder.read_config()
+    usable = checkpoint.latest_usable(folder.checkpoints)
     if usable is None:
         raise UserError(f"{run_dir} holds no checkpoint that verifies; train (or --resume) it first")
     path = usable[0]

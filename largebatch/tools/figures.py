@@ -15,18 +15,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from ..training.metrics import read_metrics  # noqa: E402
+from ..training.runfolder import EPOCH, LOSS, TEST_ERROR, TRAIN_ERROR, RunFolder  # noqa: E402
 
 
 def training_curves(run_dirs: list[Path], labels: list[str], out: Path) -> Path:
     """Training loss per step and train/test error per evaluation, against epochs, runs overlaid."""
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(11, 4))
     for run, label in zip(run_dirs, labels):
-        steps, evals = read_metrics(Path(run) / "metrics.jsonl")
-        line, = ax_loss.plot([r["epoch"] for r in steps], [r["loss"] for r in steps], lw=0.8, label=label)
-        epochs = [r["epoch"] for r in evals]
-        ax_err.plot(epochs, [100 * r["train_error"] for r in evals], "--", color=line.get_color(),
+        steps, evals = read_metrics(RunFolder(run).metrics)
+        line, = ax_loss.plot([r[EPOCH] for r in steps], [r[LOSS] for r in steps], lw=0.8, label=label)
+        epochs = [r[EPOCH] for r in evals]
+        ax_err.plot(epochs, [100 * r[TRAIN_ERROR] for r in evals], "--", color=line.get_color(),
                     label=f"{label} train")
-        ax_err.plot(epochs, [100 * r["test_error"] for r in evals], "-o", ms=3, color=line.get_color(),
+        ax_err.plot(epochs, [100 * r[TEST_ERROR] for r in evals], "-o", ms=3, color=line.get_color(),
                     label=f"{label} test")
     ax_loss.set(xlabel="epoch", ylabel="training loss (mean over the global batch)", yscale="log")
     ax_err.set(xlabel="epoch", ylabel="error %", yscale="log")

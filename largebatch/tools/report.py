@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import html
-import json
 import math
 import re
 import statistics
@@ -19,7 +18,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..training.config import Config
-from ..training.metrics import STATUS, SUMMARY, final_error, read_metrics, read_summary
+from ..training.metrics import final_error, read_metrics, read_summary
+from ..training.runfolder import DIVERGED, EPOCH, FINISHED, SUMMARY, TRAIN_ERROR, RunFolder
 from ..training.noise import critical_batch
 from . import figures, steps
 from .sweep import load_sweep
@@ -67,7 +67,7 @@ class Group:
 
     @property
     def ok(self) -> list[Run]:
-        return [r for r in self.runs if r.status == "finished"]
+        return [r for r in self.runs if r.status == FINISHED]
 
     @property
     def mean(self) -> float:
@@ -79,7 +79,7 @@ class Group:
 
     @property
     def train_mean(self) -> float:
-        return statistics.mean(r.evals[-1]["train_error"] for r in self.ok) if self.ok else math.nan
+        return statistics.mean(r.evals[-1][TRAIN_ERROR] for r in self.ok) if self.ok else math.nan
 
     @property
     def b_simple(self) -> float:
@@ -105,8 +105,8 @@ class Group:
         """Training error per evaluation, averaged over the seeds that finished."""
         runs = self.ok or self.runs
         n = min(len(r.evals) for r in runs)
-        return ([e["epoch"] for e in runs[0].evals[:n]],
-                [statistics.mean(r.evals[i]["train_error"] for r in runs) for i in range(n)])
+        return ([e[EPOCH] for e in runs[0].evals[:n]],
+                [statistics.mean(r.evals[i][TRAIN_ERROR] for r in runs) for i in range(n)])
 
 
 @dataclasses.dataclass
@@ -123,17 +123,18 @@ class SweepResult:
 
 def load_run(folder: Path) -> Run | str:
     """The run in `folder`, or why it is not in the report (not started, still running or stopped, damaged)."""
-    if not (folder / "config.json").is_file() or not (folder / "metrics.jsonl").is_file():
+    run = RunFolder(folder)
+    if not run.started():
         return "not started"
     summary = read_summary(folder)
     if summary is None:  # still running, interrupted or damaged: `largebatch sweep` again finishes it
-        return "not finished" if not (folder / SUMMARY).is_file() else f"its {SUMMARY} is damaged"
-    steps, evals = read_metrics(folder / "metrics.jsonl")
-    status = summary[STATUS]
-    if not evals and status != "diverged":
+        return "not finished" if not run.summary.is_file() else f"its {SUMMARY} is damaged"
+    steps, evals = read_metrics(run.metrics)
+    status = summary.status
+    if not evals and status != DIVERGED:
         return "finished without an evaluation"
     # Options added since the run was written are at their defaults: what the code that wrote it did.
-    config = dataclasses.asdict(Config()) | json.loads((folder / "config.json").read_text())
+    config = dataclasses.asdict(Config()) | run.read_config()
     return Run(folder, config, status, evals, critical_batch(steps)[0])
 
 
@@ -184,9 +185,15 @@ def baseline_of(sweeps: list[SweepResult]) -> Group | None:
     return next((g for g in sweep.groups if g.label["global_batch"] == g.runs[0].config["base_batch"]), None)
 
 
+def match_band(base_errors: list[float], tolerance: float) -> float:
+    """How far above the baseline's mean test error a run may land and still match it: twice the spread (std)
+    of the baseline's seeds, at least `tolerance` (all of it for one seed). `largebatch compare` uses it too."""
+    return max(2 * statistics.stdev(base_errors) if len(base_errors) > 1 else 0.0, tolerance)
+
+
 def scaling_limit(sweep: SweepResult, base: Group, tolerance: float) -> tuple[Group | None, Group | None, float]:
     """(largest batch that holds with every smaller one holding too, the first that does not, band)."""
-    band = max(2 * base.std if len(base.ok) > 1 else 0.0, tolerance)
+    band = match_band([r.error for r in base.ok], tolerance)
     holds, breaks = None, None
     for g in sorted(sweep.groups, key=lambda g: g.label["global_batch"]):
         if g.ok and g.mean <= base.mean + band and len(g.ok) == len(g.runs):
@@ -389,7 +396,7 @@ def _budget_section(sweep: SweepResult, tolerance: float, used: float | None) ->
         groups, ref = [cell.get((epochs, b)) for b in batches], cell.get((epochs, base_batch))
         verdict, spread = "runs missing", ""
         if ref is not None and all(g is not None and g.ok and len(g.ok) == len(g.runs) for g in groups):
-            band = max(2 * ref.std if len(ref.ok) > 1 else 0.0, tolerance)
+            band = match_band([r.error for r in ref.ok], tolerance)
             means = [g.mean for g in groups]
             spread = f"{100 * (max(means) - min(means)):.2f}"
             verdict = "yes" if all(abs(m - ref.mean) <= band for m in means) else "no"

@@ -8,13 +8,15 @@ from __future__ import annotations
 import math
 import statistics
 
+from ..training.runfolder import EPOCH, TEST_ERROR
+
 
 def steps_to_target(evals: list[dict], steps_per_epoch: float, target: float) -> int | None:
     """The optimizer steps taken when an evaluation first showed a test error at most `target` (a fraction);
     None when none did. Known to the evaluation interval: a run evaluated every epoch reads it to an epoch."""
     for e in evals:
-        if e["test_error"] <= target:
-            return round(e["epoch"] * steps_per_epoch)
+        if e[TEST_ERROR] <= target:
+            return round(e[EPOCH] * steps_per_epoch)
     return None
 
 

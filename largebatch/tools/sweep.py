@@ -27,8 +27,9 @@ import yaml
 
 from ..errors import EXIT_STOPPED, UserError
 from ..training.config import Config, parse_config
-from ..training.launch import SWEEP
+from ..training.tracking import SWEEP
 from ..training.metrics import read_summary
+from ..training.runfolder import DIVERGED, TEST_ERROR
 from ..training.preempt import LAUNCHED_BY
 from ..training.recipes import recipe_of
 
@@ -194,9 +195,9 @@ def _outcome(run: _Run, code: int) -> str:
     result = read_summary(run.folder)
     if result is None:
         return f"failed (killed by {signal.Signals(-code).name})" if code < 0 else f"failed (exit status {code})"
-    if result["status"] == "diverged":
+    if result.status == DIVERGED:
         return "diverged"
-    return f"finished: test error {100 * result['test_error']:.2f}%"
+    return f"finished: test error {100 * result.last_eval[TEST_ERROR]:.2f}%"
 
 
 def run_sweep(path: str | Path, out: str | Path = "runs/sweeps", report_to: str = "none",

@@ -199,8 +199,7 @@ def convert_batchnorm(model: nn.Module, mode: str, group_size: int) -> nn.Module
     if mode == "sync":
         # timm's converter, not torch's: torch's turns a BatchNormAct2d into a bare SyncBatchNorm, dropping its act.
         return convert_sync_batchnorm(model)
-    if mode != "ghost":
-        raise UserError(f"--bn {mode!r} is not one of ghost, micro, sync")
+    # ghost: Config.validate admits no other --bn
     for name, child in model.named_children():
         if type(child) in (nn.BatchNorm2d, BatchNormAct2d):
             setattr(model, name, _ghost_of(child, group_size))

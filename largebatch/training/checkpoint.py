@@ -8,8 +8,8 @@ files no longer match, or whose progress.json is gone, is skipped, with a warnin
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -19,9 +19,8 @@ from accelerate import Accelerator
 
 from ..errors import UserError, write_failure
 from .config import Config
-
-PROGRESS = "progress.json"
-LOG = "metrics.jsonl"  # the run's log up to the checkpoint
+from .runfolder import METRICS as LOG  # the run's log up to the checkpoint
+from .runfolder import CONFIG, PROGRESS, Mode, Progress
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -46,7 +45,7 @@ def _manifest(folder: Path) -> dict[str, str]:
             if p.is_file() and p.name != PROGRESS}
 
 
-def save(accelerator: Accelerator, folder: Path, step: int, progress: dict, keep: int, log: Path) -> Path:
+def save(accelerator: Accelerator, folder: Path, step: int, progress: Progress, keep: int, log: Path) -> Path:
     """Save model, optimizer and RNG states, a copy of the metrics `log` and `progress` as checkpoint `step`;
     keep the newest `keep`.
 
@@ -63,7 +62,7 @@ def save(accelerator: Accelerator, folder: Path, step: int, progress: dict, keep
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             shutil.copyfile(log, tmp / LOG)
-            (tmp / PROGRESS).write_text(json.dumps(dict(progress, files=_manifest(tmp))))
+            (tmp / PROGRESS).write_text(dataclasses.replace(progress, files=_manifest(tmp)).to_json())
             _fsync_tree(tmp)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -109,8 +108,7 @@ def completed(folder: Path) -> list[Path]:
 def problem(path: Path) -> str | None:
     """Why checkpoint `path` cannot be used, or None when every file matches its recorded digest."""
     try:
-        recorded = json.loads((path / PROGRESS).read_text())
-        files = recorded["files"]
+        files = Progress.from_json((path / PROGRESS).read_bytes()).files
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"unreadable {PROGRESS}: {type(e).__name__}"
     if LOG not in files:
@@ -123,22 +121,23 @@ def problem(path: Path) -> str | None:
     return None
 
 
-def latest_usable(folder: Path) -> tuple[Path, dict] | None:
+def latest_usable(folder: Path) -> tuple[Path, Progress] | None:
     """The newest checkpoint that verifies, warning about each newer one that does not."""
     for path in reversed(completed(folder)):
         why = problem(path)
         if why is None:
-            return path, json.loads((path / PROGRESS).read_text())
+            return path, Progress.from_json((path / PROGRESS).read_bytes())
         print(f"warning: skipping checkpoint {path}: {why}; trying the one before it", file=sys.stderr)
     return None
 
 
-def resume_point(cfg: Config, folder: Path, dataset: dict, mode: str, split: dict) -> tuple[Path | None, dict]:
-    """The checkpoint in `folder` to continue from (None: start afresh) and its progress record.
+def resume_point(cfg: Config, folder: Path, dataset: dict, mode: Mode | str,
+                 split: dict) -> tuple[Path | None, Progress]:
+    """The checkpoint in `folder` to continue from (None: start afresh, from an empty Progress) and its progress.
 
     Checkpoints without --resume, none that verifies, one of another configuration, one written in
-    another training mode (`launch.training_mode`: ZeRO shards and plain state dicts do not load into
-    each other), or on another `split` (world_size, micro_batch, accumulation) of a run that depends on
+    another training `mode` (a Mode, or its stored value or sentence: ZeRO shards and plain state dicts do
+    not load into each other), or on another `split` (world_size, micro_batch, accumulation) of a run that depends on
     it (`Config.split_dependence`): a UserError.
     """
     found = completed(folder)
@@ -146,14 +145,15 @@ def resume_point(cfg: Config, folder: Path, dataset: dict, mode: str, split: dic
         raise UserError(f"{folder.parent} already holds checkpoints; pass --resume to continue that run or "
                         f"choose another --run-dir")
     if not found:
-        return None, {}
+        return None, Progress()
     usable = latest_usable(folder)
     if usable is None:
         raise UserError(f"no checkpoint in {folder} passes verification; move the folder away to start again")
     path, progress = usable
-    written = progress.get("mode", "plain (DDP or one process)")
-    if written != mode:
-        raise UserError(f"checkpoint {path} was written under {written} but this launch is {mode}; resume it with "
+    written, mode = Mode.of(progress.mode), Mode.of(mode)
+    if written is not mode:
+        raise UserError(f"checkpoint {path} was written under {written.sentence} but this launch is {mode.sentence}; "
+                        f"resume it with "
                         f"the launch that wrote it, or take its weights with `largebatch export {folder.parent} "
                         f"OUT.safetensors`")
     changes = check_compatible(path, progress, cfg, dataset)  # first: another global batch is no other split
@@ -164,15 +164,15 @@ def resume_point(cfg: Config, folder: Path, dataset: dict, mode: str, split: dic
     return path, progress
 
 
-def check_compatible(path: Path, progress: dict, cfg: Config, dataset: dict) -> list[str]:
+def check_compatible(path: Path, progress: Progress, cfg: Config, dataset: dict) -> list[str]:
     """Refuse a checkpoint of another configuration or data set unless --allow-change names the difference.
 
     Returns the allowed differences, for the caller to report.
     """
     now = cfg.trajectory()
-    changed = {k: (v, now[k]) for k, v in progress["config"].items() if k in now and v != now[k]}
-    if progress.get("dataset") != dataset:
-        changed["dataset"] = (progress.get("dataset"), dataset)
+    changed = {k: (v, now[k]) for k, v in progress.config.items() if k in now and v != now[k]}
+    if progress.dataset != dataset:
+        changed["dataset"] = (progress.dataset, dataset)
     refused = {k: v for k, v in changed.items() if k not in cfg.allowed_changes()}
     if refused:
         what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in refused.items())
@@ -186,10 +186,10 @@ def split_text(split: dict) -> str:
     return f"{split['world_size']} processes x micro-batch {split['micro_batch']} x {split['accumulation']} accumulation steps"
 
 
-def _check_split(path: Path, progress: dict, cfg: Config, split: dict) -> None:
+def _check_split(path: Path, progress: Progress, cfg: Config, split: dict) -> None:
     """A different split of the same global batch: allowed and announced when the run does not depend on
     it, refused (unless --allow-change split) when it does."""
-    before = progress["segments"][-1]
+    before = progress.segments[-1]
     if all(before[k] == v for k, v in split.items()):
         return
     change = f"{split_text(before)} -> {split_text(split)}"
@@ -198,5 +198,5 @@ def _check_split(path: Path, progress: dict, cfg: Config, split: dict) -> None:
         raise UserError(f"checkpoint {path} was trained on another split ({change}) and {why}, so the split shapes "
                         f"the run; resume on the same split, or pass --allow-change split")
     print(f"note: resuming {path} on another split of global batch {cfg.global_batch}: {change}"
-          f"{'' if why else ' (the trajectory does not depend on it)'}; recorded in config.json's segments",
+          f"{'' if why else ' (the trajectory does not depend on it)'}; recorded in {CONFIG}'s segments",
           file=sys.stderr)

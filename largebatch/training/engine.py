@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -21,20 +21,23 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ..errors import Stopped, UserError
-from . import checkpoint, metrics
+from . import checkpoint
 from .config import Config
 from .evaluate import Evaluator
-from .launch import (check_compilable, check_compiled, check_deepspeed_engaged, compile_backend, finish, log_summary,
-                     make_accelerator, start_wandb, sweep_of, training_mode, uses_wandb, zero_stage)
+from .launch import (check_compiled, check_deepspeed_engaged, check_launch, compile_backend, finish, make_accelerator,
+                     training_mode)
 from .metrics import MetricsLog, write_summary
 from .models import memory_format
 from .noise import NoiseScale
 from .optim import build_optimizer
 from .preempt import StopSignals, die_with_launcher, stop_signal
 from .rundir import FolderLock, run_dir_of
+from .runfolder import (DIVERGED, EPOCH, EXAMPLES, FINISHED, GAIN, GRAD_SQ, GRAD_VAR, LOSS, LR, NOISE_SCALE, STEP,
+                        TAU, TEST_ERROR, TEST_LOSS, TRAIN_ERROR, Mode, Progress, RunFolder, RunInfo)
 from .schedule import Schedule, adascale_gain, lr_at, schedule_of
 from .sharding import stream_loader
 from .step import NonFinite, StepStats, Stepper
+from .tracking import log_summary, start_wandb, sweep_of, uses_wandb
 
 NOISE_DECAY = 0.95  # moving average of the noise estimates over about 20 optimizer steps
 
@@ -43,9 +46,9 @@ class Diverged(UserError):
     """A non-finite loss or gradient: the run stops before the bad update reaches a checkpoint."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Run:
-    """What one training run holds: made by `prepare`, read and advanced by `train_loop`."""
+    """What `prepare` builds once, whole, before the loop; `train_loop` reads it (and its objects step)."""
     cfg: Config
     data: object
     accelerator: Accelerator
@@ -53,25 +56,39 @@ class Run:
     micro: int  # examples per device per pass
     accumulation: int
     data_id: dict  # the data set's name, size and classes: a checkpoint must match it
-    run_dir: Path
-    segments: list = dataclasses.field(default_factory=list)  # the run's history of splits (config.json)
-    stepper: Stepper | None = None
-    log: MetricsLog | None = None
-    noise: NoiseScale | None = None  # with accumulation (and not under DeepSpeed)
-    evaluate: Evaluator | None = None
-    start: int = 0  # the first optimizer step still to take
-    tau: float = 0.0  # progress through the schedule: the step, or AdaScale's sum of gains (schedule.py)
-    seen: torch.Tensor | None = None  # training loss sum, wrong, examples since the last evaluation
+    folder: RunFolder
+    segments: list  # the run's history of splits (config.json), this launch's last
+    stepper: Stepper
+    log: MetricsLog
+    evaluate: Evaluator
+    noise: NoiseScale | None  # with accumulation (and not under DeepSpeed)
+    on_step: Callable[[int, dict], None] | None = None  # `train`'s per-step callback
+
+    def __post_init__(self):
+        if self.sched.adascale and self.noise is None:  # AdaScale's gain reads the noise estimates at every step
+            raise ValueError("AdaScale needs the noise scale measured (check_launch refuses such a launch)")
 
     @property
     def ckpt_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
+        return self.folder.checkpoints
 
 
-def train(cfg: Config, data, model: torch.nn.Module, dataset: str = "data") -> dict:
+@dataclasses.dataclass
+class Position:
+    """Where a run stands, advanced by `train_loop`: what a checkpoint's Progress saves and `_restore` reads
+    back (with the noise averages, which live in Run.noise)."""
+    start: int  # the first optimizer step still to take
+    tau: float  # progress through the schedule: the step, or AdaScale's sum of gains (schedule.py)
+    seen: torch.Tensor  # training loss sum, wrong, examples since the last evaluation
+
+
+def train(cfg: Config, data, model: torch.nn.Module, dataset: str = "data",
+          on_step: Callable[[int, dict], None] | None = None) -> dict:
     """Train `model` on `data` as `cfg` says; returns the last evaluation row ({} for --dry-run).
 
-    A process group that exists before the call is the caller's and outlives it.
+    `on_step(step, row)` is called on every rank right after each optimizer step's metrics row is logged
+    (benchmarks time the engine's steps with it). A process group that exists before the call is the
+    caller's and outlives it.
     """
     callers_group = dist.is_initialized()
     die_with_launcher()
@@ -82,18 +99,18 @@ def train(cfg: Config, data, model: torch.nn.Module, dataset: str = "data") -> d
         accelerator = make_accelerator(cfg)
         lock = FolderLock()
         try:
-            run = prepare(cfg, data, model, dataset, accelerator, lock)
-            return train_loop(run, stop) if run else {}
+            prepared = prepare(cfg, data, model, dataset, accelerator, lock, on_step)
+            return train_loop(*prepared, stop) if prepared else {}
         except RuntimeError as e:  # torch raises a loader worker's death from its SIGCHLD handler, wherever we are
             if not str(e).startswith("DataLoader worker"):
                 raise
-            raise UserError(_worker_died(str(e), cfg, run_dir_of(cfg, dataset) / "checkpoints")) from None
+            raise UserError(_worker_died(str(e), cfg, RunFolder(run_dir_of(cfg, dataset)).checkpoints)) from None
         finally:
             lock.release()
             finish(accelerator, callers_group)
 
 
-def train_loop(run: Run, stop: StopSignals) -> dict:
+def train_loop(run: Run, at: Position, stop: StopSignals) -> dict:
     """Optimizer steps until the schedule's progress reaches its end, evaluating and checkpointing when due.
 
     Once `stop` has noted SIGTERM or SIGINT (on any rank), every rank finishes the step in flight, a
@@ -103,42 +120,43 @@ def train_loop(run: Run, stop: StopSignals) -> dict:
     total, per_epoch = sched.total_steps, sched.steps_per_epoch
     eval_steps = max(1, round(cfg.eval_every * per_epoch))
     ckpt_steps = cfg.checkpoint_every or max(1, round(per_epoch))
-    bar = tqdm(total=total * cfg.global_batch, initial=run.start * cfg.global_batch, unit="img", unit_scale=True,
+    bar = tqdm(total=total * cfg.global_batch, initial=at.start * cfg.global_batch, unit="img", unit_scale=True,
                disable=not acc.is_local_main_process, mininterval=2, dynamic_ncols=True)
-    last_eval, step, saved = {}, run.start, run.start
-    batches = _stream_batches(run, run.start, total - run.start)  # steps <= total: AdaScale's gain is >= 1
+    last_eval, step, saved = {}, at.start, at.start
+    batches = _stream_batches(run, at.start, total - at.start)  # steps <= total: AdaScale's gain is >= 1
     try:
-        while run.tau < total:
+        while at.tau < total:
             gain = adascale_gain(*run.noise.estimates(), cfg.base_batch, sched.scale) if sched.adascale else 1.0
-            lr = lr_at(run.tau, sched, gain)
+            lr = lr_at(at.tau, sched, gain)
             run.stepper.set_lr(lr)
             stats = run.stepper.step(batches, stop)
-            _log_step(run, step, lr, gain, stats, bar)
-            run.tau += gain if sched.gained else 1
+            _log_step(run, at, step, lr, gain, stats, bar)
+            at.tau += gain if sched.gained else 1
             step += 1
-            if step % eval_steps == 0 or run.tau >= total:
-                last_eval = _evaluate(run, step - 1, bar)
-            if step % ckpt_steps == 0 or run.tau >= total:
-                saved = _save(run, step)
-            if run.tau < total and (signal_name := stop_signal(stop, stats.stop, acc.num_processes)):
-                raise _stopped(run, signal_name, step, saved)
+            if step % eval_steps == 0 or at.tau >= total:
+                last_eval = _evaluate(run, at, step - 1, bar)
+            if step % ckpt_steps == 0 or at.tau >= total:
+                saved = _save(run, at, step)
+            if at.tau < total and (signal_name := stop_signal(stop, stats.stop, acc.num_processes)):
+                raise _stopped(run, at, signal_name, step, saved)
     except NonFinite as e:
         message = _divergence(run, e.what, step, lr)
         if acc.is_main_process:
-            log_summary(acc, cfg, write_summary(run.run_dir, "diverged", message=message))
+            log_summary(acc, cfg, write_summary(run.folder.path, DIVERGED, message).to_dict())
         raise Diverged(message) from None
     finally:
         bar.close()  # before any error message, so that message is the last line
     if acc.is_main_process:
-        log_summary(acc, cfg, write_summary(run.run_dir, "finished"))
+        log_summary(acc, cfg, write_summary(run.folder.path, FINISHED).to_dict())
     return last_eval
 
 
-def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator: Accelerator,
-            lock: FolderLock) -> Run | None:
+def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator: Accelerator, lock: FolderLock,
+            on_step: Callable[[int, dict], None] | None = None) -> tuple[Run, Position] | None:
     """Check the launch, print the run header, lock and open the run folder and restore the checkpoint to
     resume from; None for --dry-run, after the header."""
-    if accelerator.state.deepspeed_plugin is not None and cfg.channels_last:
+    mode = training_mode(accelerator)
+    if mode is not Mode.PLAIN and cfg.channels_last:
         # ZeRO flattens the weights into one buffer through views that need them contiguous (NCHW).
         accelerator.print("note: --channels-last is off under DeepSpeed (ZeRO needs contiguous weights)")
         cfg = dataclasses.replace(cfg, channels_last=False)
@@ -152,24 +170,35 @@ def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator
     if num_train < cfg.global_batch:
         raise UserError(f"--global-batch {cfg.global_batch} is larger than the {num_train} training examples")
     sched = schedule_of(cfg, num_train / cfg.global_batch)
-    accelerator.print(run_header(cfg, W, micro, A, sched, zero_stage(accelerator), compile_backend(accelerator)))
-    deepspeed = accelerator.state.deepspeed_plugin is not None
+    accelerator.print(run_header(cfg, W, micro, A, sched, mode.zero, compile_backend(accelerator)))
     # The noise scale needs a gradient over part of the batch: the first micro-batch's, so accumulation.
-    measure_noise = A > 1 and not deepspeed
-    _check_launch(cfg, accelerator, A, measure_noise)
+    measure_noise = A > 1 and mode is Mode.PLAIN
+    check_launch(cfg, accelerator, A, measure_noise)
     if cfg.dry_run:
         return None
     data_id = dict(name=dataset, num_train=num_train, num_classes=data.num_classes)
-    run = Run(cfg, data, accelerator, sched, micro, A, data_id, run_dir_of(cfg, dataset),
-              noise=NoiseScale(NOISE_DECAY) if measure_noise else None)
-    lock.acquire(run.run_dir, accelerator)  # before anything in the folder is read or written
+    folder = RunFolder(run_dir_of(cfg, dataset))
+    lock.acquire(folder.path, accelerator)  # before anything in the folder is read or written
     split = dict(world_size=W, micro_batch=micro, accumulation=A)
-    resume_from, progress = checkpoint.resume_point(cfg, run.ckpt_dir, data_id, training_mode(accelerator), split)
-    run.segments = progress.get("segments", []) + [dict(step=progress.get("step", 0), **split,
-                                                        started=time.strftime("%Y-%m-%d %H:%M:%S"))]
-    _open_run_dir(run, W)
+    resume_from, progress = checkpoint.resume_point(cfg, folder.checkpoints, data_id, mode, split)
+    segments = progress.segments + [dict(step=progress.step, **split, started=time.strftime("%Y-%m-%d %H:%M:%S"))]
+    _open_run_dir(cfg, accelerator, folder, RunInfo(
+        dataclasses.asdict(cfg), dataset=dataset, num_classes=data.num_classes, in_chans=data.in_chans,
+        mode=mode.value, world_size=W, micro_batch_used=micro, accumulation_steps=A, peak_lr=sched.peak_lr,
+        warmup_steps=sched.warmup_steps, total_steps=sched.total_steps, steps_per_epoch=sched.steps_per_epoch,
+        segments=segments, sweep=sweep_of()))
+    stepper = _stepper(cfg, model, accelerator, sched, micro, A, measure_noise)
+    run = Run(cfg, data, accelerator, sched, micro, A, data_id, folder, segments, stepper,
+              MetricsLog(folder.metrics, accelerator, folder.checkpoints), Evaluator(cfg, accelerator, data, micro),
+              NoiseScale(NOISE_DECAY) if measure_noise else None, on_step)
+    return run, _restore(run, resume_from, progress)
+
+
+def _stepper(cfg: Config, model: torch.nn.Module, accelerator: Accelerator, sched: Schedule, micro: int, A: int,
+             measure_noise: bool) -> Stepper:
+    """The optimizer, and model and optimizer prepared by Accelerate (checked to be what the launch asked)."""
     optimizer = build_optimizer(cfg, model, lr_at(0, sched))
-    if deepspeed:
+    if training_mode(accelerator) is not Mode.PLAIN:
         # We prepare no dataloader, so DeepSpeed learns the batch from us (all three numbers: the plugin's
         # config outlives this run, and a second run in the process would keep the first one's total);
         # no clipping: not the paper's.
@@ -180,11 +209,7 @@ def prepare(cfg: Config, data, model: torch.nn.Module, dataset: str, accelerator
     check_deepspeed_engaged(model)
     check_compiled(model, accelerator)
     model.train()
-    run.stepper = Stepper(accelerator, model, optimizer, A, measure_noise, memory_format(cfg))
-    run.evaluate = Evaluator(cfg, accelerator, data, micro)
-    run.log = MetricsLog(run.run_dir / "metrics.jsonl", accelerator, run.ckpt_dir)
-    _restore(run, resume_from, progress)
-    return run
+    return Stepper(accelerator, model, optimizer, A, measure_noise, memory_format(cfg))
 
 
 def run_header(cfg: Config, world_size: int, micro: int, accumulation: int, sched: Schedule,
@@ -208,56 +233,21 @@ def run_header(cfg: Config, world_size: int, micro: int, accumulation: int, sche
 
 # ---- the helpers of `prepare` ---------------------------------------------------------------------
 
-def _check_launch(cfg: Config, accelerator: Accelerator, accumulation: int, measure_noise: bool) -> None:
-    zero = zero_stage(accelerator)
-    if zero is not None and cfg.optimizer in ("lars", "adascale"):
-        raise UserError(f"--optimizer {cfg.optimizer} needs each layer's whole gradient, but ZeRO stage {zero} "
-                        f"flattens every parameter group into one shard per rank (LARS would take one trust ratio "
-                        f"per shard); launch without DeepSpeed (e.g. accelerate_configs/gpu_8.yaml) or use sgd")
-    if zero is not None and compile_backend(accelerator):
-        raise UserError(f"--compile (or accelerate's --dynamo_backend {compile_backend(accelerator)}) is not supported "
-                        f"under DeepSpeed ZeRO stage {zero} here; drop it, or train with DDP (accelerate_configs/gpu_8.yaml)")
-    check_compilable(accelerator)
-    if cfg.optimizer == "adascale" and not measure_noise:
-        raise UserError(f"--optimizer adascale measures gradient noise from micro-batches, so it needs gradient "
-                        f"accumulation (now {accumulation}) and no DeepSpeed; use a smaller --micro-batch")
-    if cfg.dry_run:
-        return
-    W, cpu = accelerator.num_processes, accelerator.device.type == "cpu"
-    if cfg.bn == "sync" and W == 1:
-        accelerator.print("note: --bn sync with one process is plain micro-batch BN")
-    if cfg.bn == "sync" and W > 1 and cpu:
-        raise UserError("--bn sync needs GPUs (torch's SyncBatchNorm runs only on GPU modules); on CPU use "
-                        "--bn ghost, the paper's per-worker BN, or --bn micro")
-    if cpu and accelerator.mixed_precision == "fp16" and zero is None:
-        raise UserError("--mixed_precision fp16 does nothing on CPU (Accelerate uses neither autocast nor loss "
-                        "scaling there, so it would silently train in fp32); use bf16 or no")
-    if cpu and accelerator.mixed_precision != "no":
-        accelerator.print(f"warning: {accelerator.mixed_precision} on CPU is often 5-40x slower than fp32")
-    if zero is not None and accumulation > 1:
-        accelerator.print("note: the gradient noise scale is not measured under ZeRO (its gradients are sharded)")
-
-
-def _open_run_dir(run: Run, world_size: int) -> None:
+def _open_run_dir(cfg: Config, accelerator: Accelerator, folder: RunFolder, info: RunInfo) -> None:
     """config.json (every option, the derived batch split and schedule, and the `segments` of the run so far:
     from which step it ran on which split), and W&B when asked."""
-    cfg, sched = run.cfg, run.sched
-    info = dict(dataclasses.asdict(cfg), dataset=run.data_id["name"], num_classes=run.data.num_classes,
-                in_chans=run.data.in_chans, mode=training_mode(run.accelerator), world_size=world_size,
-                micro_batch_used=run.micro, accumulation_steps=run.accumulation, peak_lr=sched.peak_lr,
-                warmup_steps=sched.warmup_steps, total_steps=sched.total_steps,
-                steps_per_epoch=sched.steps_per_epoch, segments=run.segments, sweep=sweep_of())
-    if run.accelerator.is_main_process:
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.replace_file(run.run_dir / "config.json", json.dumps(info, indent=2), run.ckpt_dir)
+    if accelerator.is_main_process:
+        folder.path.mkdir(parents=True, exist_ok=True)
+        checkpoint.replace_file(folder.config, info.to_json(), folder.checkpoints)
     if uses_wandb(cfg):
-        start_wandb(run.accelerator, cfg, run.run_dir, info)
+        start_wandb(accelerator, cfg, folder.path, info.to_dict())
 
 
-def _restore(run: Run, resume_from: Path | None, progress: dict) -> None:
-    """Model, optimizer, RNG states, the step, the running training statistics and the noise averages."""
+def _restore(run: Run, resume_from: Path | None, progress: Progress) -> Position:
+    """Model, optimizer, RNG states and the noise averages; returns the step, schedule progress and the running
+    training statistics (step 0 without a checkpoint)."""
     acc = run.accelerator
-    run.seen = torch.zeros(3, device=acc.device)
+    at = Position(0, 0.0, torch.zeros(3, device=acc.device))
     if resume_from:
         try:
             acc.load_state(str(resume_from))
@@ -265,33 +255,33 @@ def _restore(run: Run, resume_from: Path | None, progress: dict) -> None:
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             raise UserError(f"checkpoint {resume_from} does not fit this --model/optimizer "
                             f"({type(e).__name__}: {first})") from None
-        run.start = progress["examples"] // run.cfg.global_batch
-        run.tau = min(progress["tau"], run.sched.total_steps) if run.sched.gained else run.start
-        run.seen = torch.tensor(progress["train_stats"], device=acc.device)
-        if run.noise is not None and progress.get("noise"):
-            run.noise.load(progress["noise"])
-        acc.print(f"resuming from {resume_from} at step {run.start}")
-        _announce_rate_change(run, progress)
+        at.start = progress.examples // run.cfg.global_batch
+        at.tau = min(progress.tau, run.sched.total_steps) if run.sched.gained else at.start
+        at.seen = torch.tensor(progress.train_stats, device=acc.device)
+        if run.noise is not None and progress.noise:
+            run.noise.load(progress.noise)
+        acc.print(f"resuming from {resume_from} at step {at.start}")
+        _announce_rate_change(run, at.start, progress)
     elif run.cfg.resume:
         acc.print(f"no checkpoint in {run.ckpt_dir}; starting from step 0")
     run.log.start(resume_from / checkpoint.LOG if resume_from else None)
+    return at
 
 
-def _announce_rate_change(run: Run, progress: dict) -> None:
+def _announce_rate_change(run: Run, start: int, progress: Progress) -> None:
     """A resume with --allow-change reads the new options' schedule at the resume step: say what that does to
     the rate (extending a finished run's epochs moves its decays later, so its decayed rate jumps back up)."""
-    if run.sched.gained or progress["config"] == run.cfg.trajectory() or run.start == 0:
+    if run.sched.gained or progress.config == run.cfg.trajectory() or start == 0:
         return
-    old = dataclasses.replace(run.cfg, **{k: v for k, v in progress["config"].items()
-                                          if k in run.cfg.trajectory()})
-    before = lr_at(run.start - 1, schedule_of(old, progress["dataset"]["num_train"] / old.global_batch))
-    after = lr_at(run.start, run.sched)
+    old = dataclasses.replace(run.cfg, **{k: v for k, v in progress.config.items() if k in run.cfg.trajectory()})
+    before = lr_at(start - 1, schedule_of(old, progress.dataset["num_train"] / old.global_batch))
+    after = lr_at(start, run.sched)
     if math.isclose(before, after, rel_tol=1e-6):
         return
     change = f"{after / before:.3g}x up" if after > before else f"{before / after:.3g}x down"
     if run.accelerator.is_main_process:
         print(f"{'warning' if after > before else 'note'}: the changed options reschedule the rate: {before:.4g} at "
-              f"step {run.start - 1} under the checkpoint's options, {after:.4g} at step {run.start} under these "
+              f"step {start - 1} under the checkpoint's options, {after:.4g} at step {start} under these "
               f"({change})", file=sys.stderr)
 
 
@@ -311,54 +301,56 @@ def _train_batch(data, seed: int, indices: torch.Tensor, epochs: torch.Tensor):
     return data.train_batch(indices, seed=seed, epoch=epochs)
 
 
-def _log_step(run: Run, step: int, lr: float, gain: float, stats: StepStats, bar) -> None:
+def _log_step(run: Run, at: Position, step: int, lr: float, gain: float, stats: StepStats, bar) -> None:
     """The step's row in metrics.jsonl (and W&B), the noise-scale update, and the progress bar."""
     cfg, per_epoch = run.cfg, run.sched.steps_per_epoch
-    run.seen += torch.stack(stats[:3])
-    row = {metrics.GAIN: gain, metrics.TAU: run.tau} if run.sched.adascale else {}
+    at.seen += torch.stack(stats[:3])
+    row = {GAIN: gain, TAU: at.tau} if run.sched.adascale else {}
     if run.noise is not None and torch.isfinite(stats.batch_grad_sq):  # not a step fp16's scaler skipped
         W = run.accelerator.num_processes
         # Mean over ranks of the local micro-batch norms; the batch norm is the same on all.
         run.noise.update(stats.micro_grad_sq.item() / W, run.micro, stats.batch_grad_sq.item() / W,
                          cfg.global_batch)
-        row.update(zip((metrics.GRAD_VAR, metrics.GRAD_SQ, metrics.NOISE_SCALE),
+        row.update(zip((GRAD_VAR, GRAD_SQ, NOISE_SCALE),
                        (*run.noise.estimates(), run.noise.b_simple)))
     loss = stats.loss
-    run.log.log({"step": step, metrics.EPOCH: (step + 1) / per_epoch, metrics.LR: lr, metrics.LOSS: loss,
-                 metrics.EXAMPLES: (step + 1) * cfg.global_batch, **row}, step=step)
+    row = {STEP: step, EPOCH: (step + 1) / per_epoch, LR: lr, LOSS: loss, EXAMPLES: (step + 1) * cfg.global_batch,
+           **row}
+    run.log.log(row, step=step)
+    if run.on_step:
+        run.on_step(step, row)
     bar.update(cfg.global_batch)
     bar.set_postfix(epoch=f"{(step + 1) / per_epoch:.2f}", lr=f"{lr:.3g}", loss=f"{loss:.3f}",
                     refresh=False)  # the bar redraws every `mininterval`, not at every step
 
 
-def _evaluate(run: Run, step: int, bar) -> dict:
+def _evaluate(run: Run, at: Position, step: int, bar) -> dict:
     """Test error and loss, and the training error since the last evaluation; logged and printed."""
     test_error, test_loss = run.evaluate(run.stepper.model)
-    row = {metrics.EPOCH: (step + 1) / run.sched.steps_per_epoch,
-           metrics.TRAIN_ERROR: (run.seen[1] / run.seen[2]).item(),
-           metrics.TEST_ERROR: test_error, metrics.TEST_LOSS: test_loss}
-    run.seen.zero_()
+    row = {EPOCH: (step + 1) / run.sched.steps_per_epoch, TRAIN_ERROR: (at.seen[1] / at.seen[2]).item(),
+           TEST_ERROR: test_error, TEST_LOSS: test_loss}
+    at.seen.zero_()
     run.log.log(row, step=step)
     if run.accelerator.is_local_main_process:
-        bar.write(f"epoch {row[metrics.EPOCH]:.2f}: train error {row[metrics.TRAIN_ERROR]:.4f}, "
+        bar.write(f"epoch {row[EPOCH]:.2f}: train error {row[TRAIN_ERROR]:.4f}, "
                   f"test error {test_error:.4f}, test loss {test_loss:.4f}")
     return row
 
 
-def _save(run: Run, done: int) -> int:
+def _save(run: Run, at: Position, done: int) -> int:
     """Checkpoint `done` steps; returns `done`."""
-    checkpoint.save(run.accelerator, run.ckpt_dir, done, dict(
-        step=done, examples=done * run.cfg.global_batch, tau=run.tau, config=run.cfg.trajectory(),
-        dataset=run.data_id, mode=training_mode(run.accelerator), segments=run.segments,
-        train_stats=run.seen.tolist(), noise=run.noise.state() if run.noise else None),
+    checkpoint.save(run.accelerator, run.ckpt_dir, done, Progress(
+        step=done, examples=done * run.cfg.global_batch, tau=at.tau, config=run.cfg.trajectory(),
+        dataset=run.data_id, mode=training_mode(run.accelerator).value, segments=run.segments,
+        train_stats=at.seen.tolist(), noise=run.noise.state() if run.noise else None),
         run.cfg.keep_checkpoints, run.log.path)
     return done
 
 
-def _stopped(run: Run, signal_name: str, step: int, saved: int) -> Stopped:
+def _stopped(run: Run, at: Position, signal_name: str, step: int, saved: int) -> Stopped:
     """After a stop signal: the step just taken checkpointed (unless it already was), and the line to end with."""
     if saved != step:
-        _save(run, step)
+        _save(run, at, step)
     return Stopped(f"{signal_name} received: stopped after step {step} of {run.sched.total_steps} with checkpoint "
                    f"{run.ckpt_dir / f'step_{step:08d}'}; rerun the same command with --resume to continue")
 

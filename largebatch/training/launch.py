@@ -1,4 +1,5 @@
-"""Launch plumbing: the Accelerator and its process group, torchrun restarts, W&B set-up.
+"""Launch plumbing: the Accelerator and its process group, torchrun restarts, the training mode, and the
+checks that need the launch (world size, device, DeepSpeed, compile).
 
 Nothing here is the paper's recipe; it is what makes one `accelerate launch` line train the same way on
 CPU processes, GPUs and clusters.
@@ -6,8 +7,6 @@ CPU processes, GPUs and clusters.
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -16,6 +15,8 @@ from accelerate.utils import DynamoBackend, InitProcessGroupKwargs, is_compiled_
 
 from ..errors import UserError
 from .config import Config
+from .runfolder import Mode
+from .tracking import uses_wandb
 
 
 def init_gloo_for_this_attempt() -> None:
@@ -80,10 +81,15 @@ def _skip_shared_memory_comm_build() -> None:
         deepspeed.ops.__compatible_ops__[builder.NAME] = False
 
 
+def training_mode(accelerator: Accelerator) -> Mode:
+    """The one answer to "which mode am I in?": plain, or DeepSpeed's ZeRO stage."""
+    plugin = accelerator.state.deepspeed_plugin
+    return Mode.of_stage(None if plugin is None else int(plugin.zero_stage))
+
+
 def zero_stage(accelerator: Accelerator) -> int | None:
     """The ZeRO stage when DeepSpeed runs, else None."""
-    plugin = accelerator.state.deepspeed_plugin
-    return None if plugin is None else int(plugin.zero_stage)
+    return training_mode(accelerator).zero
 
 
 def check_deepspeed_engaged(model) -> None:
@@ -124,12 +130,6 @@ def check_compiled(model, accelerator: Accelerator) -> None:
                         f"uncompiled {type(model).__name__}; check the accelerate version (pip install '.')")
 
 
-def training_mode(accelerator: Accelerator) -> str:
-    """How model and optimizer state are laid out, which decides the checkpoint format."""
-    stage = zero_stage(accelerator)
-    return "plain (DDP or one process)" if stage is None else f"DeepSpeed ZeRO stage {stage}"
-
-
 def finish(accelerator: Accelerator, callers_group: bool) -> None:
     """Close the trackers; tear the process group down only if the engine made it (gloo aborts at exit
     otherwise), so a caller's group outlives the run and one process can train several times."""
@@ -140,54 +140,33 @@ def finish(accelerator: Accelerator, callers_group: bool) -> None:
         accelerator.end_training()
 
 
-SWEEP = "LARGEBATCH_SWEEP"  # `largebatch sweep` names its sweep to the runs it starts
-
-
-def sweep_of() -> str | None:
-    """The sweep this run belongs to, for its config: the sweep file's name under `largebatch sweep`, the W&B
-    sweep id under `wandb agent` (W&B also records it as the run's Sweep), else None."""
-    return os.environ.get(SWEEP) or os.environ.get("WANDB_SWEEP_ID") or None
-
-
-def uses_wandb(cfg: Config) -> bool:
-    """--report-to wandb, or launched by `wandb agent` (it sets WANDB_SWEEP_ID): log to that sweep."""
-    return cfg.report_to == "wandb" or bool(os.environ.get("WANDB_SWEEP_ID"))
-
-
-def start_wandb(accelerator: Accelerator, cfg: Config, run_dir: Path, config: dict) -> None:
-    """Log to W&B: offline without WANDB_API_KEY (`wandb sync` uploads later); its files, cache and
-    offline runs stay inside `run_dir`.
-
-    With a key but no W&B server in reach (a cluster node without internet) the run logs offline too, after
-    WANDB_INIT_TIMEOUT (30 s here, not wandb's 90) and one warning line: the training, not its dashboard,
-    is what the job is for, and the offline run uploads later. Only an explicit WANDB_MODE=online makes that
-    an error.
-    """
-    import wandb
-
-    explicit = os.environ.get("WANDB_MODE") == "online"
-    os.environ.setdefault("WANDB_MODE", "online" if os.environ.get("WANDB_API_KEY") else "offline")
-    os.environ.setdefault("WANDB_INIT_TIMEOUT", "30")
-    for var, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", "wandb/cache"), ("WANDB_DATA_DIR", "wandb/data")):
-        os.environ.setdefault(var, str((run_dir / sub).resolve()))
-    init = dict(project_name=cfg.wandb_project, config=config, init_kwargs={"wandb": {"name": run_dir.name}})
-    try:
-        accelerator.init_trackers(**init)
-    except wandb.errors.CommError as e:
-        accelerator.trackers.clear()  # the tracker whose wandb.init failed: finishing it would fail again
-        server = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-        why = f"W&B at {server} did not answer within {os.environ['WANDB_INIT_TIMEOUT']} s ({str(e).splitlines()[0]})"
-        if explicit:
-            raise UserError(f"{why}; unset WANDB_MODE=online to log offline when it cannot be reached, or check "
-                            f"the network") from None
-        print(f"warning: {why}; logging offline instead: upload it later with `wandb sync "
-              f"{os.environ['WANDB_DIR']}/wandb/offline-run-*`", file=sys.stderr, flush=True)
-        init["init_kwargs"]["wandb"]["mode"] = "offline"  # not WANDB_MODE: wandb's session has read it already
-        accelerator.init_trackers(**init)
-
-
-def log_summary(accelerator: Accelerator, cfg: Config, summary: dict) -> None:
-    """The run's summary.json (its status and final error, which `largebatch dashboard` plots) into the W&B
-    run's summary; on the main process, where the tracker lives."""
-    if uses_wandb(cfg):
-        accelerator.get_tracker("wandb", unwrap=True).summary.update(summary)
+def check_launch(cfg: Config, accelerator: Accelerator, accumulation: int, measure_noise: bool) -> None:
+    """The options' checks that need the launch: its world size, device, precision, DeepSpeed and compile
+    (Config.validate has made every other before it); all before anything is written."""
+    zero = zero_stage(accelerator)
+    if zero is not None and cfg.optimizer in ("lars", "adascale"):
+        raise UserError(f"--optimizer {cfg.optimizer} needs each layer's whole gradient, but ZeRO stage {zero} "
+                        f"flattens every parameter group into one shard per rank (LARS would take one trust ratio "
+                        f"per shard); launch without DeepSpeed (e.g. accelerate_configs/gpu_8.yaml) or use sgd")
+    if zero is not None and compile_backend(accelerator):
+        raise UserError(f"--compile (or accelerate's --dynamo_backend {compile_backend(accelerator)}) is not supported "
+                        f"under DeepSpeed ZeRO stage {zero} here; drop it, or train with DDP (accelerate_configs/gpu_8.yaml)")
+    check_compilable(accelerator)
+    if cfg.optimizer == "adascale" and not measure_noise:
+        raise UserError(f"--optimizer adascale measures gradient noise from micro-batches, so it needs gradient "
+                        f"accumulation (now {accumulation}) and no DeepSpeed; use a smaller --micro-batch")
+    if cfg.dry_run:
+        return
+    W, cpu = accelerator.num_processes, accelerator.device.type == "cpu"
+    if cfg.bn == "sync" and W == 1:
+        accelerator.print("note: --bn sync with one process is plain micro-batch BN")
+    if cfg.bn == "sync" and W > 1 and cpu:
+        raise UserError("--bn sync needs GPUs (torch's SyncBatchNorm runs only on GPU modules); on CPU use "
+                        "--bn ghost, the paper's per-worker BN, or --bn micro")
+    if cpu and accelerator.mixed_precision == "fp16" and zero is None:
+        raise UserError("--mixed_precision fp16 does nothing on CPU (Accelerate uses neither autocast nor loss "
+                        "scaling there, so it would silently train in fp32); use bf16 or no")
+    if cpu and accelerator.mixed_precision != "no":
+        accelerator.print(f"warning: {accelerator.mixed_precision} on CPU is often 5-40x slower than fp32")
+    if zero is not None and accumulation > 1:
+        accelerator.print("note: the gradient noise scale is not measured under ZeRO (its gradients are sharded)")

@@ -11,16 +11,7 @@ from accelerate import Accelerator
 
 from ..errors import UserError
 from .checkpoint import replace_file, write_failed
-
-# The names a run logs, to metrics.jsonl and W&B. The engine writes them and `largebatch report` and
-# `largebatch dashboard` read them, so a rename here is a rename everywhere.
-EPOCH, LR, LOSS, EXAMPLES = "epoch", "lr", "loss", "examples"  # every step
-GRAD_VAR, GRAD_SQ, NOISE_SCALE = "grad_var", "grad_sq", "noise_scale"  # steps with accumulation (noise.py)
-GAIN, TAU = "gain", "tau"  # AdaScale's steps
-TRAIN_ERROR, TEST_ERROR, TEST_LOSS = "train_error", "test_error", "test_loss"  # every evaluation
-# summary.json (and the W&B run summary): the outcome, and the paper's statistic of a run's test error.
-STATUS, FINAL_TEST_ERROR = "status", "final_test_error"
-SUMMARY = "summary.json"
+from .runfolder import DIVERGED, EPOCH, FINISHED, STATUS, STEP, TEST_ERROR, RunFolder, Summary, is_eval_row
 
 
 class MetricsLog:
@@ -56,7 +47,7 @@ class MetricsLog:
                 except OSError as e:
                     f.truncate(end)  # no half row: the log stays readable (truncating needs no space)
                     raise write_failed(str(self.path), e, self.checkpoints) from None
-        self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
+        self.accelerator.log({k: v for k, v in row.items() if k != STEP}, step=step)
 
 
 def final_error(evals: list[dict]) -> float:
@@ -67,29 +58,29 @@ def final_error(evals: list[dict]) -> float:
     return statistics.median(e[TEST_ERROR] for e in evals if e[EPOCH] > start + 1e-9 * last)
 
 
-def write_summary(run_dir: Path, status: str, **extra) -> dict:
+def write_summary(run_dir: Path, status: str, message: str | None = None) -> Summary:
     """`summary.json`: the run's outcome ("finished" or "diverged"), its last evaluation and its final error;
     written atomically, last, so its presence means the run is over (`largebatch sweep` skips such runs).
     Returns what it wrote."""
-    _, evals = read_metrics(run_dir / "metrics.jsonl")
-    summary = {STATUS: status, **(evals[-1] if evals else {}),
-               **({FINAL_TEST_ERROR: final_error(evals)} if evals else {}), **extra}
-    replace_file(run_dir / SUMMARY, json.dumps(summary, indent=2), run_dir / "checkpoints")
+    folder = RunFolder(run_dir)
+    _, evals = read_metrics(folder.metrics)
+    summary = Summary(status, evals[-1] if evals else {}, final_error(evals) if evals else None, message)
+    replace_file(folder.summary, json.dumps(summary.to_dict(), indent=2), folder.checkpoints)
     return summary
 
 
-def read_summary(run_dir: Path) -> dict | None:
+def read_summary(run_dir: Path) -> Summary | None:
     """The run's summary.json; None while the run is not over. A damaged one (not the JSON object with a status
     that `write_summary` writes) is None too, with a warning: resuming the run writes it again."""
-    path = Path(run_dir) / SUMMARY
+    path = RunFolder(run_dir).summary
     try:
         summary = json.loads(path.read_bytes())
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
         summary = None
-    if isinstance(summary, dict) and summary.get(STATUS) in ("finished", "diverged"):
-        return summary
+    if isinstance(summary, dict) and summary.get(STATUS) in (FINISHED, DIVERGED):
+        return Summary.from_dict(summary)
     print(f"warning: {path} is damaged (not a finished run's summary); taking the run as unfinished: resuming it "
           f"(`largebatch sweep` again, or its command with --resume) writes it again", file=sys.stderr)
     return None
@@ -104,5 +95,5 @@ def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
         except ValueError:
             raise UserError(f"{path} line {number} is not a JSON row ({line[:40]!r}); resume the run with --resume "
                             f"to rebuild the log from its newest checkpoint") from None
-        (evals if TEST_ERROR in row else steps).append(row)
+        (evals if is_eval_row(row) else steps).append(row)
     return steps, evals

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 
+from .runfolder import LR, NOISE_SCALE
+
 
 def unbiased(small_sq: float, b_small: int, big_sq: float, b_big: int) -> tuple[float, float]:
     """(tr(Σ), |G|²) estimated from one pair of squared gradient norms."""
@@ -64,12 +66,12 @@ def critical_batch(steps: list[dict]) -> tuple[float, list[dict]]:
     (after warmup, before the first decay), where training makes most of its progress. After a decay
     |G|² falls to the noise floor and B_simple grows without bound, as McCandlish et al. describe.
     """
-    rows = [r for r in steps if "noise_scale" in r]
+    rows = [r for r in steps if NOISE_SCALE in r]
     if not rows:
         return math.nan, []
-    peak = max(r["lr"] for r in rows)
-    at_peak = [r for r in rows if r["lr"] >= 0.999 * peak]
-    late = [r["noise_scale"] for r in at_peak[len(at_peak) // 2:] if math.isfinite(r["noise_scale"])]
+    peak = max(r[LR] for r in rows)
+    at_peak = [r for r in rows if r[LR] >= 0.999 * peak]
+    late = [r[NOISE_SCALE] for r in at_peak[len(at_peak) // 2:] if math.isfinite(r[NOISE_SCALE])]
     every = max(1, len(rows) // 10)
     return (sum(late) / len(late) if late else math.nan), rows[every - 1::every]
 

@@ -2,8 +2,8 @@
 
 Two runs writing one folder interleave their metrics and mix one run's config.json with the other's
 checkpoints, and a resubmitted job may resume a run that is still going. `FolderLock` takes an exclusive
-`flock` on `<run dir>/.lock` for the run's lifetime: rank 0 holds it for all ranks, the kernel drops it
-when the process ends however it ends (SIGKILL included), and a second run is refused in one line that
+`flock` on the folder's lock file (runfolder.py) for the run's lifetime: rank 0 holds it for all ranks, the kernel
+drops it when the process ends however it ends (SIGKILL included), and a second run is refused in one line that
 names the holder. (On a shared file system the lock is as good as its `flock`: NFSv4 and Lustre with
 `-o flock` honour it across nodes.)
 """
@@ -21,8 +21,7 @@ from accelerate.utils import broadcast_object_list
 
 from ..errors import UserError, write_failure
 from .config import Config
-
-LOCK = ".lock"
+from .runfolder import RunFolder
 
 
 def run_dir_of(cfg: Config, dataset: str) -> Path:
@@ -56,7 +55,7 @@ class FolderLock:
             return f"--run-dir {run_dir} is a file, not a folder; choose another --run-dir"
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
-            handle = open(run_dir / LOCK, "a+")
+            handle = open(RunFolder(run_dir).lock, "a+")
         except OSError as e:
             return f"cannot write in --run-dir {run_dir} ({e.strerror}); choose a folder you can write to"
         try:

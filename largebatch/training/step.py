@@ -21,6 +21,9 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
+from .launch import training_mode
+from .runfolder import Mode
+
 
 class StepStats(NamedTuple):
     """One optimizer step's sums on this rank, or over all ranks after `summed`."""
@@ -57,7 +60,7 @@ class Stepper:
         self.accelerator, self.model, self.optimizer = accelerator, model, optimizer
         self.memory_format = memory_format  # the images', as the model's weights (--channels-last)
         self.accumulation, self.measure_noise = accumulation, measure_noise
-        self.deepspeed = accelerator.state.deepspeed_plugin is not None
+        self.deepspeed = training_mode(accelerator) is not Mode.PLAIN
         # Listed once: walking the module tree at every step costs ~0.2 ms, 0.25% of a small CPU step.
         self.params = list(model.parameters())
         # Without a loss scaler (fp32, bf16) and DeepSpeed, Accelerate's optimizer only forwards `step` to the
