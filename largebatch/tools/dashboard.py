@@ -7,7 +7,7 @@ each) and, with --report, one section of a W&B report. A sweep's runs are found 
 sweep's value, so a run one sweep reuses from another (the warmup sweep's gradual runs are the batch-size
 sweep's B = 512 runs) counts in both, however it was launched. Only finished runs count (the summary's
 `status`, as the report leaves diverged runs out of its means); `--sweep ID` keeps only the runs of those
-W&B sweeps. The panels read the names the engine logs (training/metrics.py) and the options' config keys.
+W&B sweeps. The panels read the names the engine logs (training/runfolder.py) and the options' config keys.
 
 What W&B draws differently from the report: the error is a fraction, not a percentage; the log x-axis is
 labelled in powers of ten; the baseline band (mean + max(2 std, 0.5 points)) is no panel W&B has, so a note
@@ -18,10 +18,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from unittest import mock
 
 from ..errors import UserError
-from ..training import runfolder as metrics  # the names the engine logs
+from ..training import runfolder  # the names the engine logs
 from ..training.config import Config, parse_config
 from ..training.recipes import recipe_of
 from .report import section_title
@@ -86,7 +85,7 @@ def build_views(files: list[str], ids: list[str]) -> list[View]:
         for key in map(option, pinned):
             values = list(dict.fromkeys(c[key] for c in configs))
             clauses.append(expr.Config(key) == values[0] if len(values) == 1 else expr.Config(key).isin(values))
-        clauses.append(expr.Summary(metrics.STATUS) == metrics.FINISHED)
+        clauses.append(expr.Summary(runfolder.STATUS) == runfolder.FINISHED)
         if ids:
             clauses.append(expr.Metric("Sweep").isin(ids))
         batches = {c["global_batch"] for c in configs}
@@ -99,14 +98,14 @@ def panels(view: View) -> list:
     """The report's figures for one sweep: its final errors grouped, its training curves, and the noise scale."""
     import wandb_workspaces.reports.v2 as wr
 
-    final = wr.SummaryMetric(metrics.FINAL_TEST_ERROR)
+    final = wr.SummaryMetric(runfolder.FINAL_TEST_ERROR)
     # One option: the panels group by it. Several (budget.yaml): the run set's grouping, by all of them.
     group = wr.Config(option(view.compared[0])) if len(view.compared) == 1 else None
     grouped = dict(groupby=group, groupby_aggfunc="mean", groupby_rangefunc="stddev") if group else {}
     what = "global batch" if view.is_batch else ", ".join(k.replace("_", "-") for k in view.compared)
     out = [wr.BarPlot(title=f"final test error by {what} (mean ± std over seeds)", metrics=[final],
                       orientation="v", title_x=what, title_y="test error", max_runs_to_show=MAX_RUNS, **grouped),
-           wr.LinePlot(title=f"training error over epochs, by {what}", x=metrics.EPOCH, y=[metrics.TRAIN_ERROR],
+           wr.LinePlot(title=f"training error over epochs, by {what}", x=runfolder.EPOCH, y=[runfolder.TRAIN_ERROR],
                        title_x="epoch", title_y="training error", max_runs_to_show=MAX_RUNS, **grouped)]
     if view.is_batch:
         out[1:1] = [wr.ScatterPlot(title="final test error against the global batch (each run)",
@@ -116,10 +115,10 @@ def panels(view: View) -> list:
         # steps a panel can read off, since W&B cannot compute a first crossing (`largebatch report` does).
         out.append(wr.LinePlot(title="test error against optimizer steps, by global batch: steps to a target "
                                      "error halve per doubling of B where scaling is perfect",
-                               x="_step", y=[metrics.TEST_ERROR], log_x=True, log_y=True, title_x="optimizer step",
+                               x="_step", y=[runfolder.TEST_ERROR], log_x=True, log_y=True, title_x="optimizer step",
                                title_y="test error", max_runs_to_show=MAX_RUNS, **grouped))
         out.append(wr.LinePlot(title="gradient noise scale B_simple over training (runs with accumulation)",
-                               x=metrics.EPOCH, y=[metrics.NOISE_SCALE], log_y=True, title_x="epoch",
+                               x=runfolder.EPOCH, y=[runfolder.NOISE_SCALE], log_y=True, title_x="epoch",
                                title_y="B_simple", max_runs_to_show=MAX_RUNS, **grouped))
     return out
 
@@ -136,7 +135,7 @@ def columns(view: View) -> list[str]:
     """The runs table: the options compared, the seed, the batch and rate, and the errors (the report's table)."""
     keys = list(dict.fromkeys([*view.compared, "global_batch", "seed"]))
     return ([f"config:{k}.value" for k in keys] + ["config:peak_lr.value"]
-            + [f"summary:{k}" for k in (metrics.FINAL_TEST_ERROR, metrics.TRAIN_ERROR)])
+            + [f"summary:{k}" for k in (runfolder.FINAL_TEST_ERROR, runfolder.TRAIN_ERROR)])
 
 
 def workspace(view: View, entity: str, project: str):
@@ -152,33 +151,42 @@ def workspace(view: View, entity: str, project: str):
                                           pinned_columns=columns(view)))
 
 
-def report(views: list[View], entity: str, project: str):
-    """One W&B report with every sweep's section, each with its own run set, as `largebatch report` lays out."""
+def report(views: list[View], entity: str, project: str, offline: bool = False):
+    """One W&B report with every sweep's section, each with its own run set, as `largebatch report` lays out.
+    offline: its run sets name no project, since wandb-workspaces asks the server for a named project's id
+    (`spec` writes the project into the JSON instead)."""
     import wandb_workspaces.reports.v2 as wr
 
     blocks = [wr.P("The paper's evidence (Goyal et al. 2017) from this project's runs, made by `largebatch "
                    "dashboard`; `largebatch report` draws the same from the run folders.")]
     for view in views:
-        runset = wr.Runset(entity=entity, project=project, name=view.sweep.name, filters=view.filters,
+        runset = wr.Runset(entity=entity, project="" if offline else project, name=view.sweep.name, filters=view.filters,
                            groupby=[f"config.{option(k)}" for k in view.compared], pinned_columns=columns(view))
         blocks += [wr.H2(view.title), wr.P(f"Sweep file {view.sweep.file}: runs whose options match it."),
                    wr.PanelGrid(runsets=[runset], panels=panels(view))]
     return wr.Report(entity=entity, project=project, title="Large-minibatch results", blocks=blocks)
 
 
-def spec(objects: list) -> dict:
-    """The views (and the report) as the JSON W&B stores: what --dry-run prints, made without the network.
-
-    A report's run set stores its project's internal id, which wandb-workspaces asks the W&B server for; here
-    the id is PROJECT_ID_AT_SAVE instead and nothing is asked."""
-    import wandb_workspaces.reports.v2.interface as wri
-
-    lookup = {"project": {"internalId": PROJECT_ID_AT_SAVE}}
-    with mock.patch.object(wri, "_get_api", lambda: None), \
-            mock.patch.object(wri, "execute_graphql", lambda *_: lookup):
-        dump = [o._to_model().model_dump(by_alias=True, exclude_none=True, mode="json") for o in objects]
+def spec(objects: list, entity: str, project: str) -> dict:
+    """The views (and the report, built `offline`) as the JSON W&B stores: what --dry-run prints, made without
+    the network. A report's run set stores its project's internal id, which W&B looks up when it saves; here
+    the id is PROJECT_ID_AT_SAVE."""
+    dump = [o._to_model().model_dump(by_alias=True, exclude_none=True, mode="json") for o in objects]
+    named = {"name": project, "entityName": entity, "id": PROJECT_ID_AT_SAVE}
+    for o, d in zip(objects, dump):
+        for runset in _runsets(d) if hasattr(o, "blocks") else []:
+            runset["project"] = named
     return {"workspaces": [d for o, d in zip(objects, dump) if not hasattr(o, "blocks")],
             "reports": [d for o, d in zip(objects, dump) if hasattr(o, "blocks")]}
+
+
+def _runsets(tree) -> list[dict]:
+    """Every run set in a report's JSON, wherever its panel grids nest them."""
+    if isinstance(tree, list):
+        return [r for item in tree for r in _runsets(item)]
+    if not isinstance(tree, dict):
+        return []
+    return list(tree.get("runSets", [])) + [r for k, v in tree.items() if k != "runSets" for r in _runsets(v)]
 
 
 def logged_in(entity: str, project: str, ids: list[str]) -> None:
@@ -223,8 +231,8 @@ def dashboard(entity: str, project: str, ids: list[str], files: list[str], with_
     views = build_views(files or SWEEP_FILES, ids)
     objects = [workspace(v, entity, project) for v in views]
     if with_report:
-        objects.append(report(views, entity, project))
+        objects.append(report(views, entity, project, offline=dry_run))
     if dry_run:
-        return json.dumps(spec(objects), indent=1)
+        return json.dumps(spec(objects, entity, project), indent=1)
     logged_in(entity, project, ids)
     return "\n".join(save(objects, entity, project))
