@@ -117,6 +117,6 @@ def test_a_summary_that_does_not_fit_leaves_nothing_behind(tmp_path):
                                             '"test_loss": 1.0}\n')
     with file_size_limit(20), pytest.raises(UserError, match=r"could not write .*summary.json: File too large"):
         write_summary(tmp_path, "finished")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]  # no summary.json(.tmp)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [RunFolder(tmp_path).metrics.name]  # no summary.json(.tmp)
     write_summary(tmp_path, "finished")
     assert json.loads(RunFolder(tmp_path).summary.read_text())["test_error"] == 0.4
