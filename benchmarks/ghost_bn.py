@@ -55,7 +55,7 @@ def measure(name: str, args) -> dict:
             if i >= args.warmup:
                 times[bn].append(t)
     ratios = sorted(p / g for p, g in zip(times["micro"], times["ghost"]))  # ghost img/s over plain img/s
-    q = statistics.quantiles(ratios, n=4)
+    q = statistics.quantiles(ratios, n=4, method="inclusive")
     return dict(model=name, size=size, micro_batch=args.micro_batch, bn_batch=args.bn_batch, dtype=args.dtype,
                 channels_last=args.channels_last, device=_device_name(args.device), steps=args.steps,
                 plain=args.micro_batch / statistics.median(times["micro"]),

@@ -217,7 +217,7 @@ def part_engine(args, channels_last: bool, compile: bool) -> dict:
     bare_s, engine_s = engine_vs_bare.interleaved(
         cfg, data, args.steps, args.warmup, bare_loop=_device_bare_loop(engine_vs_bare.BareLoop, args.device, dtype))
     ratios = [b / e for b, e in zip(bare_s, engine_s)]
-    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    q = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
     return dict(steps=len(engine_s), bare=cfg.global_batch / statistics.median(bare_s),
                 engine=cfg.global_batch / statistics.median(engine_s), ratio=statistics.median(ratios),
                 ratio_quartiles=[q[0], q[2]])
