@@ -153,6 +153,19 @@ def test_compare_says_whether_each_large_batch_matched(tmp_path, capsys):
     assert (tmp_path / "c.png").stat().st_size > 10_000
 
 
+def test_compare_judges_the_median_of_the_last_evaluations_as_the_report_does(tmp_path, capsys):
+    # The last evaluation alone (9.90) is outside the band; the report's error, the median of the last 1/18's
+    # evaluations (9.60, 9.65, 9.90), is inside: compare's verdict is the one demo_check.py tallies.
+    _run(tmp_path / "b256", [0.0919], global_batch=256, accumulation_steps=1, micro_batch_used=256, warmup_steps=0)
+    _run(tmp_path / "b1024", [0.0960, 0.0965, 0.0990], global_batch=1024, accumulation_steps=4,
+         micro_batch_used=256, warmup_steps=9)
+    main(["compare", str(tmp_path / "b256"), str(tmp_path / "b1024"), "--plot", str(tmp_path / "c.png")])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[2].endswith(" 9.65"), out[2]
+    assert out[-1].endswith("9.65% test error against 9.19% at B = 256, inside the band (9.69%): the large batch "
+                            "matched")
+
+
 def test_compare_gives_no_verdict_on_an_unfinished_run(tmp_path, capsys):
     _run(tmp_path / "b256", [0.0919], global_batch=256, accumulation_steps=1, micro_batch_used=256, warmup_steps=0)
     _run(tmp_path / "b1024", [0.0968], global_batch=1024, accumulation_steps=4, micro_batch_used=256, warmup_steps=9)

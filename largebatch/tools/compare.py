@@ -6,16 +6,17 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
-from ..training.metrics import read_metrics, read_summary
-from ..training.runfolder import CONFIG, DIVERGED, EPOCH, FINISHED, METRICS, TEST_ERROR, TRAIN_ERROR, RunFolder
+from ..training.metrics import final_error, read_metrics, read_summary
+from ..training.runfolder import CONFIG, DIVERGED, EPOCH, FINISHED, METRICS, TRAIN_ERROR, RunFolder
 from . import figures
 from .report import match_band
 
 
 def compare(run_dirs: list[str], plot: str, band: float = 0.5, seeds: str | None = None) -> str:
     """Table of each run's batch, rate and final errors, and a verdict on each run against the first (the
-    baseline): inside the band of `band` points over its test error or not. Writes the overlaid training
-    curves to `plot`. `seeds`: a check.json of benchmarks/demo_check.py, whose seed spread and tally of other
+    baseline): inside the band of `band` points over its test error or not. The test error is the report's and
+    demo_check.py's (`metrics.final_error`: the median of the last 1/18's evaluations), so the demo's verdict
+    is the one its seed check tallies. Writes the overlaid training curves to `plot`. `seeds`: a check.json of benchmarks/demo_check.py, whose seed spread and tally of other
     seed pairs the last verdict line quotes (one seed pair is one sample)."""
     rows, labels, finals = [], [], []
     for run in map(RunFolder, run_dirs):
@@ -25,14 +26,14 @@ def compare(run_dirs: list[str], plot: str, band: float = 0.5, seeds: str | None
         _, evals = read_metrics(run.metrics)
         if not evals:
             raise UserError(f"{run.path} has no evaluation yet")
-        last, summary = evals[-1], read_summary(run.path)
+        last, summary, test = evals[-1], read_summary(run.path), 100 * final_error(evals)
         unfinished = None if summary and summary.status == FINISHED else (
             DIVERGED if summary else f"not finished: epoch {last[EPOCH]:.1f} of {cfg['epochs']:g}")
         labels.append(f"B={cfg['global_batch']}")
-        finals.append((cfg, 100 * last[TEST_ERROR], unfinished))
+        finals.append((cfg, test, unfinished))
         rows.append(f"{run.path.name:<28} {cfg['global_batch']:>6} {cfg['accumulation_steps']:>5} "
                     f"{cfg['peak_lr']:>7.3g} {cfg['warmup'] if cfg['warmup_steps'] else 'none':>8} {last[EPOCH]:>6.1f} "
-                    f"{100 * last[TRAIN_ERROR]:>8.2f} {100 * last[TEST_ERROR]:>8.2f}"
+                    f"{100 * last[TRAIN_ERROR]:>8.2f} {test:>8.2f}"
                     + (f"  ({unfinished})" if unfinished else ""))
     figures.training_curves(list(map(Path, run_dirs)), labels, Path(plot))
     header = f"{'run':<28} {'B':>6} {'accum':>5} {'lr':>7} {'warmup':>8} {'epoch':>6} {'train %':>8} {'test %':>8}"
