@@ -7,6 +7,7 @@ from conftest import ROOT
 from test_report import _run
 
 from largebatch.tools.cli import main
+from largebatch.tools.compare import _seed_spread
 
 DEMO = """name: {name}
 program: recipes/fashion_mnist.py
@@ -66,3 +67,6 @@ def test_a_margin_under_two_std_is_not_chosen(tmp_path):
     large = [0.094, 0.097, 0.100, 0.094, 0.100]  # mean 9.70, std 0.3: margin 0.30 = 1 std
     check, md = _check(tmp_path, small, large, {})
     assert not check["selection"]["chosen"] and "NOT good enough" in md
+    # No pair checked yet: the verdict line says so rather than staying silent about the check.
+    assert _seed_spread(str(tmp_path / "results/check.json")).endswith(
+        "; other seed pairs: not checked yet (make demo-check)")

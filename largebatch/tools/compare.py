@@ -53,7 +53,8 @@ def _seed_spread(check_file: str) -> str:
     cells = [f"B = {b} {s['mean']:.2f} ± {s['std']:.2f} ({s['min']:.2f}–{s['max']:.2f})" for b, s in stats.items()]
     tallies = [f"{c['matched']}/{c['pairs']} {isa}" for isa, c in check["checks"].items() if c["pairs"]]
     return (f"over {min(s['n'] for s in stats.values())} seeds: " + ", ".join(cells)
-            + (f"; other seed pairs matched {', '.join(tallies)}" if tallies else ""))
+            + (f"; other seed pairs matched {', '.join(tallies)}" if tallies
+               else "; other seed pairs: not checked yet (make demo-check)"))
 
 
 def _verdicts(finals: list[tuple[dict, float, str | None]], band: float) -> list[str]:
