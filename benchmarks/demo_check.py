@@ -9,22 +9,26 @@ must sit inside the band (the baseline's mean + 0.5 points, `largebatch compare`
 under each instruction set this machine offers (a run's float order, and so its sample, depends on the
 kernels: ATEN_CPU_CAPABILITY picks ATen's, ONEDNN_MAX_CPU_ISA oneDNN's), each into --out/<isa> (resumable:
 a stopped check continues), and tallies the pairs whose large batch matched, by the rule `make demo` prints.
-Writes check.md and check.json into --results, which `largebatch compare --seeds` quotes.
+Each finished run's record (config, metrics, summary: no checkpoints) is kept in --results/check/<isa>, and the
+tally reads those records, so a check spread over machines and sessions adds up in git rather than in one
+runs/ folder. Writes check.md and check.json into --results, which `largebatch compare --seeds` quotes.
 """
 import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-from largebatch.tools.report import load_sweeps
+from largebatch.tools.report import load_run, load_sweeps
 
 ROOT = Path(__file__).resolve().parent.parent
 ISAS = {"native": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
         "default": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}}
+RECORD = ("config.json", "metrics.jsonl", "summary.json")  # what a report reads of a run; checkpoints stay out
 BAND = 0.5  # points: `largebatch compare`'s default, the demo's verdict
 PAIRS_WANTED, MATCHED_WANTED = 8, 7
 
@@ -57,9 +61,14 @@ def selection(runs_dir: Path) -> dict:
                 chosen=margin >= 2 * l["std"] and s["n"] >= 5 and l["n"] >= 5)
 
 
-def tally(runs_dir: Path) -> dict:
-    """Each seed pair's errors and verdict (large <= small + band), and how many matched (none run yet: 0)."""
-    by_batch = errors_by_batch(runs_dir, "demo_check") if (runs_dir / "demo_check/sweep.yaml").is_file() else {}
+def tally(records: Path) -> dict:
+    """Each seed pair's errors and verdict (large <= small + band) from the runs recorded in `records`, and how
+    many matched (none recorded yet: 0)."""
+    by_batch: dict[int, dict[int, float]] = {}
+    for summary in sorted(records.glob("*/summary.json")):
+        run = load_run(summary.parent)
+        if not isinstance(run, str):  # a diverged run still counts: its error is its result
+            by_batch.setdefault(run.config["global_batch"], {})[run.config["seed"]] = 100 * run.error
     if len(by_batch) < 2:
         return dict(pairs=0, matched=0, rows=[])
     small, large = sorted(by_batch)
@@ -67,6 +76,16 @@ def tally(runs_dir: Path) -> dict:
     rows = [dict(seed=s, small=by_batch[small][s], large=by_batch[large][s],
                  matched=by_batch[large][s] <= by_batch[small][s] + BAND) for s in seeds]
     return dict(pairs=len(rows), matched=sum(r["matched"] for r in rows), rows=rows)
+
+
+def keep_records(sweep_dir: Path, records: Path) -> None:
+    """Copy the record of each finished run of one instruction set's check (a reused run's target's) into
+    `records`/<run>, where the tally reads it."""
+    for summary in sorted(sweep_dir.glob("*/summary.json")):
+        keep = records / summary.parent.name
+        keep.mkdir(parents=True, exist_ok=True)
+        for name in RECORD:
+            shutil.copyfile(summary.parent / name, keep / name)
 
 
 def run_isa(isa: str, out: Path, jobs: int) -> None:
@@ -109,7 +128,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", default="runs/sweeps", help="where `largebatch sweep recipes/sweeps/demo.yaml` wrote")
     p.add_argument("--out", default="runs/demo-check", help="the check's sweeps, one folder per instruction set")
-    p.add_argument("--results", default="docs/results/demo", help="where check.md and check.json go")
+    p.add_argument("--results", default="docs/results/demo",
+                   help="where check.md, check.json and the runs' records (check/<isa>/) go")
     p.add_argument("--isa", nargs="+", choices=list(ISAS), default=list(ISAS))
     p.add_argument("--jobs", type=int, default=2, help="runs at a time")
     p.add_argument("--tally", action="store_true", help="train nothing: tally what has finished")
@@ -119,7 +139,8 @@ def main() -> None:
     for isa in args.isa:
         if not args.tally:
             run_isa(isa, ROOT / args.out, args.jobs)
-        checks[isa] = tally(ROOT / args.out / isa)
+        keep_records(ROOT / args.out / isa / "demo_check", ROOT / args.results / "check" / isa)
+        checks[isa] = tally(ROOT / args.results / "check" / isa)
     results = ROOT / args.results
     results.mkdir(parents=True, exist_ok=True)
     (results / "check.json").write_text(json.dumps(dict(selection=sel, checks=checks, band=BAND), indent=2))

@@ -1,5 +1,6 @@
 """benchmarks/demo_check.py on hand-made sweep folders: the choice's margin, the tally, and `compare --seeds`."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -31,6 +32,10 @@ def _check(tmp_path, small, large, isa_errors):
     _sweep(tmp_path / "runs", "demo", [0, 1, 2, 3, 4], {64: small, 256: large})
     for isa, errors in isa_errors.items():
         _sweep(tmp_path / "check" / isa, "demo_check", [5, 6, 7], errors)
+    return _tally(tmp_path)
+
+
+def _tally(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/demo_check.py"), "--tally", "--runs",
                            str(tmp_path / "runs"), "--out", str(tmp_path / "check"), "--results",
                            str(tmp_path / "results"), "--isa", "native", "avx2"], capture_output=True, text=True)
@@ -51,6 +56,14 @@ def test_the_choice_needs_two_std_of_margin_and_the_tally_counts_matches(tmp_pat
         dict(seed=7, small=9.0, large=9.6, matched=False)])
     assert check["checks"]["avx2"]["pairs"] == 0  # not run yet: said, not guessed
     assert "| native | 3 | 2 |" in md and "**chosen**" in md
+
+    # The tally reads the runs' records kept beside check.json (no checkpoints), so it survives the runs folder:
+    # a check spread over sessions and machines adds up in git.
+    kept = tmp_path / "results/check/native/global-batch=256,seed=7"
+    assert sorted(p.name for p in kept.iterdir()) == ["config.json", "metrics.jsonl", "summary.json"]
+    shutil.rmtree(tmp_path / "check")
+    again, _ = _tally(tmp_path)
+    assert again["checks"] == check["checks"]
 
     _run(tmp_path / "b64", [0.095], global_batch=64, accumulation_steps=1, micro_batch_used=64, warmup_steps=0)
     _run(tmp_path / "b256", [0.094], global_batch=256, accumulation_steps=4, micro_batch_used=64, warmup_steps=0)
