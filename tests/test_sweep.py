@@ -64,6 +64,7 @@ parameters:
     ("edge_bn", 16, {"bn-batch": [16, 32, 64, 256], "global-batch": [512, 1024], "seed": [0, 1]}),
     ("edge_weight_decay", 8, {"wd-scaling": ["none", "inverse"], "global-batch": [512, 1024], "seed": [0, 1]}),
     ("edge_beyond", 12, {"optimizer": ["sgd", "lars", "adascale"], "global-batch": [1024, 2048], "seed": [0, 1]}),
+    ("figure1_60", 30, {"global-batch": [256, 512, 1024, 2048, 4096, 8192], "seed": [0, 1, 2, 3, 4]}),
     ("imagenet_batch_size", 30, {"global-batch": [256, 512, 1024, 2048, 4096, 8192], "seed": [0, 1, 2, 3, 4]}),
 ])
 def test_repository_sweeps(name, count, varying, tmp_path):
@@ -81,12 +82,25 @@ def test_repository_sweeps(name, count, varying, tmp_path):
         assert {c.epochs for c in configs} == {figure1.parameters["epochs"][0]}
         assert {c.global_batch for c in configs} <= set(figure1.parameters["global-batch"])
         assert sum(_same_as_figure1(c, figure1, tmp_path) for c in configs) >= 4
-    elif name not in ("batch_size", "figure1", "budget") and not name.startswith("imagenet"):
+    elif name not in ("batch_size", "figure1", "figure1_60", "budget") and not name.startswith("imagenet"):
         # The ablations sit at one batch size the batch-size sweep also ran, so its runs are reused.
         batch = load_sweep(SWEEPS / "batch_size.yaml")
         assert len({c.global_batch for c in configs}) == 1
         assert configs[0].global_batch in batch.parameters["global-batch"]
         assert {c.epochs for c in configs} == {batch.parameters["epochs"][0]}
+
+
+def test_figure1_at_60_epochs_reuses_the_committed_runs(tmp_path, capsys):
+    """figure1_60.yaml's header promises its finished runs come from docs/results' records, not a retraining."""
+    import shutil
+    from largebatch.tools.sweep import _still_to_run
+    for done in (ROOT / "docs/results/fashion-mnist-60-epochs").glob("budget_wide_*"):
+        shutil.copytree(done, tmp_path / done.name)
+    sweep = load_sweep(SWEEPS / "figure1_60.yaml")
+    (tmp_path / sweep.name).mkdir()
+    todo = _still_to_run(sweep, checked_runs(sweep, tmp_path), tmp_path)
+    assert capsys.readouterr().out.count("reusing it") == 12  # B = 256, 2048 on seeds 0-4; 4096, 8192 on seed 0
+    assert {r.params["global-batch"] for r in todo} == {512, 1024, 4096, 8192} and len(todo) == 18
 
 
 def _same_as_figure1(config, figure1, tmp_path) -> bool:
