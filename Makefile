@@ -38,10 +38,11 @@ demo: setup
 	wait $$! || { tail -n 3 runs/demo-B256.log; exit 1; }; exit $$large
 	$(BIN)/largebatch compare runs/demo-B256 runs/demo-B1024 --plot runs/demo.png --seeds docs/results/demo/check.json
 
-# The demo's pair on 5 seeds, then its verdict on 8 other seed pairs under each instruction set this machine
-# offers (benchmarks/demo_check.py; hours on 2 cores, resumable): docs/results/demo/check.md and check.json.
+# The demo's verdict on 8 seed pairs other than the 5 it was chosen on (their records: docs/results/demo),
+# under each instruction set this machine offers (benchmarks/demo_check.py; hours on 2 cores, resumable; each
+# finished run's record is kept in docs/results/demo/check/<isa>): docs/results/demo/check.md and check.json.
+# To redo the choice itself: largebatch sweep recipes/sweeps/demo.yaml, then demo_check.py --runs runs/sweeps.
 demo-check: setup
-	$(BIN)/largebatch sweep recipes/sweeps/demo.yaml --out runs/sweeps --jobs $(JOBS)
 	$(BIN)/python benchmarks/demo_check.py --jobs $(JOBS)
 
 # The Fashion-MNIST evidence (two 1-thread jobs at a time on a 2-core CPU): the epoch budget, Figure 1 at it,

@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/demo_check.py                      # all three instruction sets: hours on 2 cores
     .venv/bin/python benchmarks/demo_check.py --isa native --tally  # only read what has run
 
-The demo's pair (recipes/sweeps/demo.yaml) is chosen on seeds 0-4 in runs/sweeps/demo: the large batch's mean
-must sit inside the band (the baseline's mean + 0.5 points, `largebatch compare`'s) with a margin of at least
-2 of its seed standard deviations. The check then trains recipes/sweeps/demo_check.yaml (8 other seed pairs)
+The demo's pair (recipes/sweeps/demo.yaml) is chosen on seeds 0-4 (records in docs/results/demo): the large
+batch's mean must sit inside the band (the baseline's mean + 0.5 points, `largebatch compare`'s) with a margin
+of at least 2 of its seed standard deviations. The check then trains recipes/sweeps/demo_check.yaml (8 other seed pairs)
 under each instruction set this machine offers (a run's float order, and so its sample, depends on the
 kernels: ATEN_CPU_CAPABILITY picks ATen's, ONEDNN_MAX_CPU_ISA oneDNN's), each into --out/<isa> (resumable:
 a stopped check continues), and tallies the pairs whose large batch matched, by the rule `make demo` prints.
@@ -126,7 +126,8 @@ def to_markdown(sel: dict, checks: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", default="runs/sweeps", help="where `largebatch sweep recipes/sweeps/demo.yaml` wrote")
+    p.add_argument("--runs", default="docs/results", help="the folder holding the demo sweep (demo/): the "
+                   "committed records, or where `largebatch sweep recipes/sweeps/demo.yaml` wrote")
     p.add_argument("--out", default="runs/demo-check", help="the check's sweeps, one folder per instruction set")
     p.add_argument("--results", default="docs/results/demo",
                    help="where check.md, check.json and the runs' records (check/<isa>/) go")
