@@ -99,6 +99,7 @@ def run_isa(isa: str, out: Path, jobs: int) -> None:
 
 def to_markdown(sel: dict, checks: dict) -> str:
     b, l = sel["baseline"], sel["large"]
+    seeds = sorted({r["seed"] for c in checks.values() for r in c["rows"]})  # one column each, any set's
     lines = [f"# The demo's verdict on other seeds and instruction sets", "",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
              f"torch kernels chosen by ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA.", "",
@@ -112,13 +113,12 @@ def to_markdown(sel: dict, checks: dict) -> str:
               f"margin inside it: {sel['margin']:.2f} points = {sel['margin'] / max(sel['stats'][l]['std'], 1e-9):.1f} "
               f"of its seed std (wanted: at least 2): **{'chosen' if sel['chosen'] else 'NOT good enough'}**.", "",
               f"## The check (recipes/sweeps/demo_check.yaml: {PAIRS_WANTED} other seed pairs)", "",
-              "| " + " | ".join(["instruction set", "pairs", "matched"] + [
-                  f"seed {r['seed']}" for r in max(checks.values(), key=lambda c: c["pairs"])["rows"]]) + " |"]
-    width = max(c["pairs"] for c in checks.values())
-    lines.append("|---|---|---|" + "---|" * width)
+              "| " + " | ".join(["instruction set", "pairs", "matched"] + [f"seed {n}" for n in seeds]) + " |",
+              "|---|---|---|" + "---|" * len(seeds)]
     for isa, c in checks.items():
-        cells = [f"{r['small']:.2f} / {r['large']:.2f} {'✓' if r['matched'] else '✗'}" for r in c["rows"]]
-        lines.append("| " + " | ".join([isa, str(c["pairs"]), str(c["matched"])] + cells) + " |")
+        cell = {r["seed"]: f"{r['small']:.2f} / {r['large']:.2f} {'✓' if r['matched'] else '✗'}" for r in c["rows"]}
+        row = [isa, str(c["pairs"]), str(c["matched"])] + [cell.get(n, "") for n in seeds]
+        lines.append("| " + " | ".join(row) + " |")
     lines += ["", f"Cells: B = {b} / B = {l} test error %, ✓ when B = {l} is within {BAND} points of B = {b}. "
               f"Wanted: {MATCHED_WANTED} or more of {PAIRS_WANTED} pairs matched under every instruction set."]
     return "\n".join(lines) + "\n"

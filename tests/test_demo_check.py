@@ -75,6 +75,18 @@ def test_the_choice_needs_two_std_of_margin_and_the_tally_counts_matches(tmp_pat
                          "B = 256 9.40 ± 0.10 (9.30–9.50); other seed pairs matched 2/3 native"), last
 
 
+def test_each_pair_sits_under_its_own_seed_whichever_sets_ran_it(tmp_path):
+    small = [0.094, 0.095, 0.096, 0.094, 0.096]
+    large = [0.093, 0.094, 0.095, 0.093, 0.095]
+    _sweep(tmp_path / "check" / "avx2", "demo_check", [9, 10], {64: [0.09, 0.09], 256: [0.094, 0.097]})
+    _, md = _check(tmp_path, small, large, {"native": {64: [0.09] * 3, 256: [0.091, 0.092, 0.093]}})
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    assert table[-3:] == [
+        "| instruction set | pairs | matched | seed 5 | seed 6 | seed 7 | seed 9 | seed 10 |",
+        "| native | 3 | 3 | 9.00 / 9.10 ✓ | 9.00 / 9.20 ✓ | 9.00 / 9.30 ✓ |  |  |",
+        "| avx2 | 2 | 1 |  |  |  | 9.00 / 9.40 ✓ | 9.00 / 9.70 ✗ |"]
+
+
 def test_a_margin_under_two_std_is_not_chosen(tmp_path):
     small = [0.094, 0.095, 0.096, 0.094, 0.096]  # band up to 10.00%
     large = [0.094, 0.097, 0.100, 0.094, 0.100]  # mean 9.70, std 0.3: margin 0.30 = 1 std
