@@ -5,8 +5,8 @@
 
 The demo's pair (recipes/sweeps/demo.yaml) is chosen on seeds 0-4 (records in docs/results/demo): the large
 batch's mean must sit inside the band (the baseline's mean + 0.5 points, `largebatch compare`'s) with a margin
-of at least 2 of its seed standard deviations. The check then trains recipes/sweeps/demo_check.yaml (8 other seed pairs)
-under each instruction set this machine offers (a run's float order, and so its sample, depends on the
+of at least 2 of its seed standard deviations. The check then trains recipes/sweeps/demo_check.yaml (8 other
+seed pairs) under each instruction set this machine offers (a run's float order, and so its sample, depends on the
 kernels: ATEN_CPU_CAPABILITY picks ATen's, ONEDNN_MAX_CPU_ISA oneDNN's), each into --out/<isa> (resumable:
 a stopped check continues), and tallies the pairs whose large batch matched, by the rule `make demo` prints.
 Each finished run's record (config, metrics, summary: no checkpoints) is kept in --results/check/<isa>, and the
@@ -15,6 +15,7 @@ runs/ folder. Writes check.md and check.json into --results, which `largebatch c
 """
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -24,6 +25,7 @@ import sys
 from pathlib import Path
 
 from largebatch.tools.report import load_run, load_sweeps
+from largebatch.training.runfolder import FINISHED
 
 ROOT = Path(__file__).resolve().parent.parent
 ISAS = {"native": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
@@ -33,13 +35,12 @@ BAND = 0.5  # points: `largebatch compare`'s default, the demo's verdict
 PAIRS_WANTED, MATCHED_WANTED = 8, 7
 
 
-def errors_by_batch(runs_dir: Path, sweep: str) -> dict[int, dict[int, float]]:
-    """{global batch: {seed: final test error in %}} of the sweep's finished runs."""
+def errors_by_batch(runs) -> dict[int, dict[int, float]]:
+    """{global batch: {seed: final test error in %}} of the runs (report.Run); a diverged run's is infinite."""
     out: dict[int, dict[int, float]] = {}
-    for result in load_sweeps(runs_dir, [sweep]):
-        for group in result.groups:
-            for run in group.ok:
-                out.setdefault(run.config["global_batch"], {})[run.config["seed"]] = 100 * run.error
+    for run in runs:
+        error = 100 * run.error if run.status == FINISHED else math.inf  # its evaluations predate the divergence
+        out.setdefault(run.config["global_batch"], {})[run.config["seed"]] = error
     return out
 
 
@@ -50,7 +51,8 @@ def spread(errors: list[float]) -> dict:
 
 def selection(runs_dir: Path) -> dict:
     """The chosen pair on its 5 seeds: each batch's spread, the band and the large batch's margin inside it."""
-    by_batch = errors_by_batch(runs_dir, "demo")
+    by_batch = errors_by_batch(run for result in load_sweeps(runs_dir, ["demo"])
+                               for group in result.groups for run in group.ok)
     if len(by_batch) != 2:
         sys.exit(f"error: {runs_dir}/demo holds finished runs of {len(by_batch)} batch sizes, not 2; run "
                  f"`largebatch sweep recipes/sweeps/demo.yaml --out {runs_dir}` first")
@@ -64,11 +66,8 @@ def selection(runs_dir: Path) -> dict:
 def tally(records: Path) -> dict:
     """Each seed pair's errors and verdict (large <= small + band) from the runs recorded in `records`, and how
     many matched (none recorded yet: 0)."""
-    by_batch: dict[int, dict[int, float]] = {}
-    for summary in sorted(records.glob("*/summary.json")):
-        run = load_run(summary.parent)
-        if not isinstance(run, str):  # a diverged run still counts: its error is its result
-            by_batch.setdefault(run.config["global_batch"], {})[run.config["seed"]] = 100 * run.error
+    runs = (load_run(summary.parent) for summary in sorted(records.glob("*/summary.json")))
+    by_batch = errors_by_batch(run for run in runs if not isinstance(run, str))
     if len(by_batch) < 2:
         return dict(pairs=0, matched=0, rows=[])
     small, large = sorted(by_batch)

@@ -87,6 +87,18 @@ def test_each_pair_sits_under_its_own_seed_whichever_sets_ran_it(tmp_path):
         "| avx2 | 2 | 1 |  |  |  | 9.00 / 9.40 ✓ | 9.00 / 9.70 ✗ |"]
 
 
+def test_a_diverged_large_batch_is_a_pair_that_did_not_match(tmp_path):
+    small = [0.094, 0.095, 0.096, 0.094, 0.096]
+    large = [0.093, 0.094, 0.095, 0.093, 0.095]
+    _check(tmp_path, small, large, {"native": {64: [0.09], 256: [0.091]}})
+    # Seed 6's large batch diverged after evaluations that, read as its result, would be inside the band.
+    _run(tmp_path / "check/native/demo_check/global-batch=64,seed=6", [0.09], global_batch=64, seed=6)
+    _run(tmp_path / "check/native/demo_check/global-batch=256,seed=6", [0.091], "diverged", global_batch=256, seed=6)
+    check, md = _tally(tmp_path)
+    assert [(r["seed"], r["matched"]) for r in check["checks"]["native"]["rows"]] == [(5, True), (6, False)]
+    assert "| native | 2 | 1 |" in md
+
+
 def test_a_margin_under_two_std_is_not_chosen(tmp_path):
     small = [0.094, 0.095, 0.096, 0.094, 0.096]  # band up to 10.00%
     large = [0.094, 0.097, 0.100, 0.094, 0.100]  # mean 9.70, std 0.3: margin 0.30 = 1 std
