@@ -10,8 +10,8 @@ keeps the eager NCHW step the engine had before those options, so one run measur
 engine's overhead together against a fixed yardstick.
 
 The two run interleaved, step by step, in the same processes: `engine.train` trains, and after each of
-its optimizer steps (its `on_step` callback, at the step's metrics row) the bare loop takes one optimizer step
-of its own.
+its optimizer steps (its `on_step` callback, at the step's metrics row, which the engine writes once the
+next step is taken) the bare loop takes one optimizer step of its own.
 Each engine step is timed from the end of the bare step before it, so it includes all the engine's
 per-step work (rate, data, reductions, checks, logging, progress bar). A shared machine's speed drifts
 by ±15% over seconds; interleaving makes both loops see the same drift, so their ratio is steady where

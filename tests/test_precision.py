@@ -57,7 +57,7 @@ def _batches(magnitude: float = 1.0):
 def test_guard_and_noise_read_unscaled_gradients_under_a_loss_scaler():
     plain, _ = _stepper(None)
     scaled, _ = _stepper(2.0 ** 12)
-    a, b = plain.step(_batches()), scaled.step(_batches())
+    a, b = plain.step(_batches()).wait(), scaled.step(_batches()).wait()
     assert torch.allclose(a.micro_grad_sq, b.micro_grad_sq, rtol=1e-5)
     assert torch.allclose(a.batch_grad_sq, b.batch_grad_sq, rtol=1e-5)
 
@@ -65,7 +65,7 @@ def test_guard_and_noise_read_unscaled_gradients_under_a_loss_scaler():
 def test_an_overflow_the_scaler_provokes_is_skipped_not_a_divergence():
     stepper, model = _stepper(2.0 ** 126)  # with inputs of ~1e4 the scaled weight gradients overflow fp32
     before = [p.detach().clone() for p in model.parameters()]
-    stats = stepper.step(_batches(1e4))  # no NonFinite: the scaler skips the step and halves its scale
+    stats = stepper.step(_batches(1e4)).wait()  # no NonFinite: the scaler skips the step and halves its scale
     assert not torch.isfinite(stats.batch_grad_sq)
     assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))
     assert stepper.accelerator.scaler.get_scale() == 2.0 ** 125

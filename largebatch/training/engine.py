@@ -13,7 +13,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -36,7 +36,7 @@ from .runfolder import (DIVERGED, EPOCH, EXAMPLES, FINISHED, GAIN, GRAD_SQ, GRAD
                         TAU, TEST_ERROR, TEST_LOSS, TRAIN_ERROR, Mode, Progress, RunFolder, RunInfo)
 from .schedule import Schedule, adascale_gain, lr_at, schedule_of
 from .sharding import stream_loader
-from .step import NonFinite, StepStats, Stepper
+from .step import NonFinite, Stepper, Summing
 from .tracking import log_summary, start_wandb, sweep_of, uses_wandb
 
 NOISE_DECAY = 0.95  # moving average of the noise estimates over about 20 optimizer steps
@@ -82,6 +82,15 @@ class Position:
     seen: torch.Tensor  # training loss sum, wrong, examples since the last evaluation
 
 
+class Taken(NamedTuple):
+    """An optimizer step taken, with its statistics still being summed over the ranks (step.Summing)."""
+    step: int
+    lr: float
+    gain: float
+    tau: float  # schedule progress before the step
+    summing: Summing
+
+
 def train(cfg: Config, data, model: torch.nn.Module, dataset: str = "data",
           on_step: Callable[[int, dict], None] | None = None) -> dict:
     """Train `model` on `data` as `cfg` says; returns the last evaluation row ({} for --dry-run).
@@ -113,7 +122,9 @@ def train(cfg: Config, data, model: torch.nn.Module, dataset: str = "data",
 def train_loop(run: Run, at: Position, stop: StopSignals) -> dict:
     """Optimizer steps until the schedule's progress reaches its end, evaluating and checkpointing when due.
 
-    Once `stop` has noted SIGTERM or SIGINT (on any rank), every rank finishes the step in flight, a
+    Each step's row is logged once its statistics are summed over the ranks, which runs beside the next step
+    (before an evaluation or checkpoint, at once). Once `stop` has noted SIGTERM or SIGINT, every rank finishes
+    the step in flight (on several processes, where the ranks learn of it from the sum, the next one too), a
     checkpoint is written and `Stopped` raised.
     """
     cfg, sched, acc = run.cfg, run.sched, run.accelerator
@@ -123,24 +134,41 @@ def train_loop(run: Run, at: Position, stop: StopSignals) -> dict:
     bar = tqdm(total=total * cfg.global_batch, initial=at.start * cfg.global_batch, unit="img", unit_scale=True,
                disable=not acc.is_local_main_process, mininterval=2, dynamic_ncols=True)
     last_eval, step, saved = {}, at.start, at.start
+    taken = None  # the step taken last, until its statistics, summed while the next step runs, are logged
     batches = _stream_batches(run, at.start, total - at.start)  # steps <= total: AdaScale's gain is >= 1
     try:
         while at.tau < total:
+            stopping = None  # ranks with a stop signal, as of the last step logged
+            if sched.adascale and taken:  # its gain reads the noise estimates up to the last step
+                stopping, taken = _log_step(run, at, taken, bar), None
             gain = adascale_gain(*run.noise.estimates(), cfg.base_batch, sched.scale) if sched.adascale else 1.0
             lr = lr_at(at.tau, sched, gain)
             run.stepper.set_lr(lr)
-            stats = run.stepper.step(batches, stop)
-            _log_step(run, at, step, lr, gain, stats, bar)
+            try:
+                summing = run.stepper.step(batches, stop)
+            except NonFinite:
+                if taken:  # the step before: its row (or its own non-finite loss, the first failure)
+                    _log_step(run, at, taken, bar)
+                raise
+            if taken:
+                stopping = _log_step(run, at, taken, bar)
+            taken = Taken(step, lr, gain, at.tau, summing)
             at.tau += gain if sched.gained else 1
             step += 1
-            if step % eval_steps == 0 or at.tau >= total:
+            due_eval = step % eval_steps == 0 or at.tau >= total
+            due_ckpt = step % ckpt_steps == 0 or at.tau >= total
+            if due_eval or due_ckpt:  # they read the statistics up to this step
+                stopping, taken = _log_step(run, at, taken, bar), None
+            if due_eval:
                 last_eval = _evaluate(run, at, step - 1, bar)
-            if step % ckpt_steps == 0 or at.tau >= total:
+            if due_ckpt:
                 saved = _save(run, at, step)
-            if at.tau < total and (signal_name := stop_signal(stop, stats.stop, acc.num_processes)):
+            if at.tau < total and (signal_name := stop_signal(stop, stopping, acc.num_processes)):
+                if taken:  # the checkpoint holds the statistics up to this step
+                    _log_step(run, at, taken, bar)
                 raise _stopped(run, at, signal_name, step, saved)
     except NonFinite as e:
-        message = _divergence(run, e.what, step, lr)
+        message = _divergence(run, e.what, *((step, lr) if e.taken is None else (e.taken.step, e.taken.lr)))
         if acc.is_main_process:
             log_summary(acc, cfg, write_summary(run.folder.path, DIVERGED, message).to_dict())
         raise Diverged(message) from None
@@ -301,11 +329,17 @@ def _train_batch(data, seed: int, indices: torch.Tensor, epochs: torch.Tensor):
     return data.train_batch(indices, seed=seed, epoch=epochs)
 
 
-def _log_step(run: Run, at: Position, step: int, lr: float, gain: float, stats: StepStats, bar) -> None:
-    """The step's row in metrics.jsonl (and W&B), the noise-scale update, and the progress bar."""
-    cfg, per_epoch = run.cfg, run.sched.steps_per_epoch
+def _log_step(run: Run, at: Position, taken: Taken, bar) -> torch.Tensor:
+    """The step's row in metrics.jsonl (and W&B), once its statistics are summed, the noise-scale update, and
+    the progress bar; returns the number of ranks that had a stop signal when the step ended."""
+    cfg, per_epoch, step = run.cfg, run.sched.steps_per_epoch, taken.step
+    try:
+        stats = taken.summing.wait()
+    except NonFinite as e:
+        e.taken = taken
+        raise
     at.seen += torch.stack(stats[:3])
-    row = {GAIN: gain, TAU: at.tau} if run.sched.adascale else {}
+    row = {GAIN: taken.gain, TAU: taken.tau} if run.sched.adascale else {}
     if run.noise is not None and torch.isfinite(stats.batch_grad_sq):  # not a step fp16's scaler skipped
         W = run.accelerator.num_processes
         # Mean over ranks of the local micro-batch norms; the batch norm is the same on all.
@@ -314,14 +348,15 @@ def _log_step(run: Run, at: Position, step: int, lr: float, gain: float, stats: 
         row.update(zip((GRAD_VAR, GRAD_SQ, NOISE_SCALE),
                        (*run.noise.estimates(), run.noise.b_simple)))
     loss = stats.loss
-    row = {STEP: step, EPOCH: (step + 1) / per_epoch, LR: lr, LOSS: loss, EXAMPLES: (step + 1) * cfg.global_batch,
-           **row}
+    row = {STEP: step, EPOCH: (step + 1) / per_epoch, LR: taken.lr, LOSS: loss,
+           EXAMPLES: (step + 1) * cfg.global_batch, **row}
     run.log.log(row, step=step)
     if run.on_step:
         run.on_step(step, row)
     bar.update(cfg.global_batch)
-    bar.set_postfix(epoch=f"{(step + 1) / per_epoch:.2f}", lr=f"{lr:.3g}", loss=f"{loss:.3f}",
+    bar.set_postfix(epoch=f"{(step + 1) / per_epoch:.2f}", lr=f"{taken.lr:.3g}", loss=f"{loss:.3f}",
                     refresh=False)  # the bar redraws every `mininterval`, not at every step
+    return stats.stop
 
 
 def _evaluate(run: Run, at: Position, step: int, bar) -> dict:

@@ -4,8 +4,9 @@ SLURM and spot instances send SIGTERM and kill the job after a grace period (SLU
 default; torchrun forwards a launcher's SIGTERM or SIGINT to its workers and waits
 TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s). Under `StopSignals` a signal only sets a flag; each optimizer
 step sums the flags over the ranks in the all-reduce of its statistics (`step.StepStats.stop`, no
-collective of its own), and `stop_signal` reads the sum, so all ranks stop after the same step,
-checkpoint it and exit with `errors.EXIT_STOPPED`. Workers whose launcher is killed outright (SIGKILL leaves no time to forward
+collective of its own; it runs beside the next step), and `stop_signal` reads the sum, so all ranks stop
+after the same step (the one after the step that carried the flag), checkpoint it and exit with
+`errors.EXIT_STOPPED`. Workers whose launcher is killed outright (SIGKILL leaves no time to forward
 anything) get SIGTERM from the kernel (`die_with_launcher`) and stop the same way instead of running on
 as orphans.
 """
@@ -50,14 +51,16 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
-def stop_signal(stop: StopSignals, stopping: torch.Tensor, num_processes: int) -> str | None:
+def stop_signal(stop: StopSignals, stopping: torch.Tensor | None, num_processes: int) -> str | None:
     """The signal to stop on after this step (None: go on), the same answer on every rank: a signal reaches
     the ranks at different moments, and they must stop after the same step to write one checkpoint.
-    `stopping` is the step's all-reduced count of ranks that had a signal when its statistics were summed;
-    one process needs no agreement and reads its own flag, the latest news."""
+    `stopping` is the all-reduced count of ranks that had a signal when the last step whose statistics have
+    been summed ended (None: none summed since the last look; the sum runs beside the next step, so this
+    is the step before the one just taken, or that one at an evaluation or checkpoint); one process needs
+    no agreement and reads its own flag, the latest news."""
     if num_processes == 1:
         return stop.received
-    if not stopping.item():
+    if stopping is None or not stopping.item():
         return None
     return stop.received or "a signal to another rank"
 
