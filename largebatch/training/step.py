@@ -52,8 +52,8 @@ class NonFinite(Exception):
 class Summing:
     """A step's statistics on their way to being summed over all ranks, in one all-reduce that runs while the
     next step computes: the step's only collective besides the gradients', so the stop flag rides along with
-    the statistics and every rank learns of a stop from the same step. (Waited for at once, this latency,
-    ~0.5-0.7 ms of gloo's on 2 CPU processes, was a third of the engine's own time per step.)"""
+    the statistics and every rank learns of a stop from the same step. (Waited for at once, gloo's latency
+    on 2 CPU processes, ~0.5 ms, was a quarter of the engine's own time per step: docs/benchmarks.md.)"""
 
     def __init__(self, stats: StepStats, accelerator: Accelerator):
         self._summed = torch.stack(stats)
