@@ -29,8 +29,8 @@ def test_train_in_process_calls_back_each_step_and_records_the_run(tmp_path, sma
     cfg = Config(model="resnet_fmnist", global_batch=64, micro_batch=32, subset=192, epochs=1, warmup="none",
                  precise_bn=0, checkpoint_every=2, run_dir=str(tmp_path / "run")).validate()
     taken, seen = [], []
-    step = Stepper.step
-    monkeypatch.setattr(Stepper, "step", lambda self, *a: taken.append(len(taken)) or step(self, *a))
+    take = Stepper.step
+    monkeypatch.setattr(Stepper, "step", lambda self, *a: taken.append(len(taken)) or take(self, *a))
     last = _train(cfg, data, on_step=lambda step, row: seen.append((step, row, len(taken))))
     folder = RunFolder(cfg.run_dir)
     steps, evals = read_metrics(folder.metrics)
