@@ -138,34 +138,29 @@ def train_loop(run: Run, at: Position, stop: StopSignals) -> dict:
     batches = _stream_batches(run, at.start, total - at.start)  # steps <= total: AdaScale's gain is >= 1
     try:
         while at.tau < total:
-            stopping = None  # ranks with a stop signal, as of the last step logged
-            if sched.adascale and taken:  # its gain reads the noise estimates up to the last step
-                stopping, taken = _log_step(run, at, taken, bar), None
             gain = adascale_gain(*run.noise.estimates(), cfg.base_batch, sched.scale) if sched.adascale else 1.0
             lr = lr_at(at.tau, sched, gain)
             run.stepper.set_lr(lr)
             try:
                 summing = run.stepper.step(batches, stop)
             except NonFinite:
-                if taken:  # the step before: its row (or its own non-finite loss, the first failure)
-                    _log_step(run, at, taken, bar)
+                _log_step(run, at, taken, bar)  # the step before: its row, or its non-finite loss (the first)
                 raise
-            if taken:
-                stopping = _log_step(run, at, taken, bar)
+            stopping = _log_step(run, at, taken, bar)  # ranks with a stop signal, as of the step before
             taken = Taken(step, lr, gain, at.tau, summing)
             at.tau += gain if sched.gained else 1
             step += 1
             due_eval = step % eval_steps == 0 or at.tau >= total
             due_ckpt = step % ckpt_steps == 0 or at.tau >= total
-            if due_eval or due_ckpt:  # they read the statistics up to this step
+            # They read the statistics up to this step; so does AdaScale's next gain (its noise estimates).
+            if due_eval or due_ckpt or sched.adascale:
                 stopping, taken = _log_step(run, at, taken, bar), None
             if due_eval:
                 last_eval = _evaluate(run, at, step - 1, bar)
             if due_ckpt:
                 saved = _save(run, at, step)
             if at.tau < total and (signal_name := stop_signal(stop, stopping, acc.num_processes)):
-                if taken:  # the checkpoint holds the statistics up to this step
-                    _log_step(run, at, taken, bar)
+                _log_step(run, at, taken, bar)  # the checkpoint holds the statistics up to this step
                 raise _stopped(run, at, signal_name, step, saved)
     except NonFinite as e:
         message = _divergence(run, e.what, *((step, lr) if e.taken is None else (e.taken.step, e.taken.lr)))
@@ -329,9 +324,12 @@ def _train_batch(data, seed: int, indices: torch.Tensor, epochs: torch.Tensor):
     return data.train_batch(indices, seed=seed, epoch=epochs)
 
 
-def _log_step(run: Run, at: Position, taken: Taken, bar) -> torch.Tensor:
+def _log_step(run: Run, at: Position, taken: Taken | None, bar) -> torch.Tensor | None:
     """The step's row in metrics.jsonl (and W&B), once its statistics are summed, the noise-scale update, and
-    the progress bar; returns the number of ranks that had a stop signal when the step ended."""
+    the progress bar; returns the number of ranks that had a stop signal when the step ended (None for no
+    step: nothing waiting to be logged)."""
+    if taken is None:
+        return None
     cfg, per_epoch, step = run.cfg, run.sched.steps_per_epoch, taken.step
     try:
         stats = taken.summing.wait()
