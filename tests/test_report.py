@@ -124,6 +124,7 @@ def test_report_leaves_out_unfinished_runs_and_says_so(runs, tmp_path, capsys):
     md = (tmp_path / "r/report.md").read_text()
     assert "|  | 2k | 0.8 | 12.00 (1 of 2 seeds unfinished) | +1.90 | 25.00 | 1 of 2 | 500 |" in md
     assert "| 512 | 0.2 | 10.50 (1 of 2 seeds unfinished) |" in md
+    assert "At B = 2048 it breaks: 12.00% (1 of 2 seeds unfinished) (+1.90 points)." in md  # the unit by its number
     assert ("Not in the batch_size numbers above, 2 run(s): global-batch=512,seed=0 (its summary.json is "
             "damaged), global-batch=2048,seed=1 (not finished); `largebatch sweep` again finishes them.") in md
     assert "global-batch=512,seed=0/summary.json is damaged" in capsys.readouterr().err

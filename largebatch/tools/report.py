@@ -86,13 +86,14 @@ class Group:
         values = [r.b_simple for r in self.ok if math.isfinite(r.b_simple)]
         return statistics.mean(values) if values else math.nan
 
-    def cell(self) -> str:
-        """Mean ± std in percent, as the paper's tables; diverged and unfinished seeds said, not averaged in."""
+    def cell(self, unit: str = "") -> str:
+        """Mean ± std in percent, as the paper's tables; diverged and unfinished seeds said, not averaged in.
+        `unit` (e.g. "%") goes after the number, before what is said about the seeds."""
         diverged = len(self.runs) - len(self.ok)
         left_out = f" ({self.unfinished} of {self.expected} seeds unfinished)" if self.unfinished else ""
         if not self.ok:
             return "diverged" + left_out
-        text = f"{100 * self.mean:.2f}" + (f" ± {100 * self.std:.2f}" if len(self.ok) > 1 else "")
+        text = f"{100 * self.mean:.2f}" + (f" ± {100 * self.std:.2f}" if len(self.ok) > 1 else "") + unit
         return text + (f" ({diverged} of {len(self.runs)} diverged)" if diverged else "") + left_out
 
     @property
@@ -279,20 +280,20 @@ def build(runs_dir: Path, out: Path, tolerance: float = 0.005, names: list[str] 
 
 
 def _verdict(base: Group, holds: Group | None, breaks: Group | None, band: float) -> str:
-    b0 = f"the B = {base.label['global_batch']} baseline ({base.cell()}% test error)"
+    b0 = f"the B = {base.label['global_batch']} baseline ({base.cell('%')} test error)"
     if holds is None:
         return f"**No batch size holds**: even the smallest is worse than {b0} by more than {100 * band:.2f} points."
     if holds is base:
         text = (f"**Linear scaling + warmup holds up to B = {holds.label['global_batch']}**, the baseline itself "
-                f"({base.cell()}% test error): no larger batch stays within {100 * band:.2f} points of it.")
+                f"({base.cell('%')} test error): no larger batch stays within {100 * band:.2f} points of it.")
     else:
-        text = (f"**Linear scaling + warmup holds up to B = {holds.label['global_batch']}**: {holds.cell()}% "
+        text = (f"**Linear scaling + warmup holds up to B = {holds.label['global_batch']}**: {holds.cell('%')} "
                 f"test error against {b0}, within {100 * band:.2f} points.")
     if breaks is None:
         return text + " It holds at every batch size in the sweep: try larger ones to find the limit."
     if not breaks.ok:
         return text + f" At B = {breaks.label['global_batch']} training diverged."
-    return text + (f" At B = {breaks.label['global_batch']} it breaks: {breaks.cell()}% "
+    return text + (f" At B = {breaks.label['global_batch']} it breaks: {breaks.cell('%')} "
                    f"(+{100 * (breaks.mean - base.mean):.2f} points).")
 
 
