@@ -177,7 +177,7 @@ def test_tiny_sweep_runs_skips_resumes_and_reuses(tmp_path, fmnist_dir):
         config = json.loads(RunFolder(run).config.read_text())
         assert summary["status"] == "finished" and 0 < summary["test_error"] < 1
         assert (config["global_batch"], config["micro_batch_used"], config["epochs"]) == (b, b, 1)
-        assert f"global-batch={b}: finished: test error {100 * summary['test_error']:.2f}%" in proc.stdout
+        assert f"global-batch={b}: finished: test error {100 * summary['final_test_error']:.2f}%" in proc.stdout
     # Run again: nothing to do. Drop one run's summary, as if killed after its last checkpoint: it resumes.
     (out / "tiny/global-batch=256/summary.json").unlink()
     again = _sweep(first, "--out", out).stdout
@@ -228,3 +228,7 @@ def test_a_run_killed_by_a_signal_is_said_so(tmp_path):
     assert _outcome(run, -15) == "failed (killed by SIGTERM)"
     assert _outcome(run, 75).startswith("stopped by a signal after a checkpoint")
     assert _outcome(run, 1) == "failed (exit status 1)"
+    # A finished run's line quotes the error the report uses, not its last evaluation.
+    RunFolder(tmp_path).summary.write_text(json.dumps({"status": "finished", "test_error": 0.0675,
+                                                       "final_test_error": 0.0676}))
+    assert _outcome(run, 0) == "finished: test error 6.76%"

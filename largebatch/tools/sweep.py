@@ -197,7 +197,9 @@ def _outcome(run: _Run, code: int) -> str:
         return f"failed (killed by {signal.Signals(-code).name})" if code < 0 else f"failed (exit status {code})"
     if result.status == DIVERGED:
         return "diverged"
-    return f"finished: test error {100 * result.last_eval[TEST_ERROR]:.2f}%"
+    # The error the report and W&B use (median of the last evaluations), not the last one, so the numbers agree.
+    final = result.final_test_error if result.final_test_error is not None else result.last_eval[TEST_ERROR]
+    return f"finished: test error {100 * final:.2f}%"
 
 
 def run_sweep(path: str | Path, out: str | Path = "runs/sweeps", report_to: str = "none",
