@@ -232,3 +232,19 @@ def test_a_run_killed_by_a_signal_is_said_so(tmp_path):
     RunFolder(tmp_path).summary.write_text(json.dumps({"status": "finished", "test_error": 0.0675,
                                                        "final_test_error": 0.0676}))
     assert _outcome(run, 0) == "finished: test error 6.76%"
+
+
+def test_the_eta_counts_work_not_runs(tmp_path):
+    from largebatch.tools.sweep import _work_left, eta_seconds
+
+    # Two runs resumed at 80% took 300 s each: a whole run is 1500 s, not 300.
+    finished, todo, running = [(0.2, 300.0), (0.2, 300.0)], [1.0, 1.0], [(1.0, 100.0), (1.0, 100.0)]
+    assert eta_seconds(finished, todo, running, jobs=2) == pytest.approx((2 * 1500 + 2 * 1400) / 2)
+    assert eta_seconds(finished, [], [(1.0, 100.0)], jobs=2) == pytest.approx(1400)  # one job left: no sharing
+    # A run's share left is read off its last checkpoint and its total steps.
+    folder = RunFolder(tmp_path / "run")
+    assert _work_left(folder.path) == 1.0
+    folder.path.mkdir()
+    folder.config.write_text(json.dumps({"total_steps": 879}))
+    (folder.checkpoints / "step_00000735").mkdir(parents=True)
+    assert _work_left(folder.path) == pytest.approx(1 - 735 / 879)

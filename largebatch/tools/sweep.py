@@ -29,7 +29,8 @@ from ..errors import EXIT_STOPPED, UserError
 from ..training.config import Config, parse_config
 from ..training.tracking import SWEEP
 from ..training.metrics import read_summary
-from ..training.runfolder import DIVERGED, TEST_ERROR
+from ..training.checkpoint import completed
+from ..training.runfolder import DIVERGED, TEST_ERROR, RunFolder
 from ..training.preempt import LAUNCHED_BY
 from ..training.recipes import recipe_of
 
@@ -239,10 +240,29 @@ def _still_to_run(sweep: Sweep, runs: list[_Run], out: Path) -> list[_Run]:
     return todo
 
 
+def _work_left(folder: Path) -> float:
+    """The share of a run still to train: 1 for a new run, less for one resuming from a checkpoint."""
+    rf = RunFolder(folder)
+    saved = completed(rf.checkpoints)
+    if not saved or not rf.config.exists():
+        return 1.0
+    total = rf.read_config().get("total_steps") or 0
+    return min(1.0, max(0.0, 1 - int(saved[-1].name.removeprefix("step_")) / total)) if total else 1.0
+
+
+def eta_seconds(finished: list[tuple[float, float]], todo: list[float], running: list[tuple[float, float]],
+                jobs: int) -> float:
+    """Wall seconds left, counted in work rather than runs (a resumed run's short time is not a whole run's):
+    `finished` and `running` hold (share of a run trained, seconds it took / has run), `todo` the shares left."""
+    per_run = sum(s for _, s in finished) / max(sum(w for w, _ in finished), 1e-9)  # seconds for a whole run
+    left = sum(todo) * per_run + sum(max(0.0, w * per_run - s) for w, s in running)
+    return left / max(1, min(jobs, len(todo) + len(running)))
+
+
 def _run_all(sweep: Sweep, todo: list[_Run], report_to: str, jobs: int, gpus: int) -> int:
     """`jobs` runs at a time (each on its own GPU when there are GPUs), with progress; returns the failures."""
-    failed, done, started_all = 0, 0, time.time()
-    running: dict[subprocess.Popen, tuple] = {}  # process: (run, job slot, log file, start time)
+    failed, finished = 0, []
+    running: dict[subprocess.Popen, tuple] = {}  # process: (run, job slot, log file, start time, work share)
     free = list(range(jobs))
     while todo or running:
         while todo and free:
@@ -252,23 +272,25 @@ def _run_all(sweep: Sweep, todo: list[_Run], report_to: str, jobs: int, gpus: in
                 env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
             elif jobs > 1:
                 env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+            work = _work_left(run.folder)
             run.folder.mkdir(parents=True, exist_ok=True)
             # One job at a time keeps the run's own progress bar on the terminal; parallel runs log to files.
             log = open(run.folder / "train.log", "a") if jobs > 1 else None
             running[subprocess.Popen(command(sweep, run, report_to), env=env, stdout=log, stderr=log)] = (
-                run, slot, log, time.time())
+                run, slot, log, time.time(), work)
             print(f"  {run.name}: started" + (f" (log: {run.folder / 'train.log'})" if log else ""), flush=True)
         time.sleep(0.2)
         for proc in [p for p in running if p.poll() is not None]:
-            run, slot, log, start = running.pop(proc)
+            run, slot, log, start, work = running.pop(proc)
             free.append(slot)
             if log:
                 log.close()
-            done += 1
-            outcome = _outcome(run, proc.returncode)
+            now, outcome = time.time(), _outcome(run, proc.returncode)
+            # What a failed, stopped or diverged run trained is read off its last checkpoint.
+            finished.append((work if outcome.startswith("finished") else work - _work_left(run.folder), now - start))
             failed += outcome.startswith(("failed", "stopped"))
-            left = len(todo) + len(running)
-            eta = (time.time() - started_all) / done * left
-            print(f"  {run.name}: {outcome} in {time.time() - start:.0f} s | {left} to go, "
+            eta = eta_seconds(finished, [_work_left(r.folder) for r in todo],
+                              [(w, now - t) for _, _, _, t, w in running.values()], jobs)
+            print(f"  {run.name}: {outcome} in {now - start:.0f} s | {len(todo) + len(running)} to go, "
                   f"about {eta / 60:.0f} min left", flush=True)
     return failed
