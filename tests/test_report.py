@@ -253,11 +253,12 @@ def test_an_ablation_at_two_batches_is_a_table_in_the_papers_form(runs, tmp_path
     main(["report", str(runs), "--out", str(tmp_path / "out"), "--sweeps", "batch_size", "edge_warmup"])
     md = (tmp_path / "out/report.md").read_text()
     assert "## Warmup at B = 512 and 1k" in md
-    assert ("one seed) and its distance in points to the baseline, B = 256: 10.10 ± 0.14 (the paper's kn = 256 "
+    assert ("count) and its distance in points to the baseline, B = 256: 10.10 ± 0.14 (the paper's kn = 256 "
             "baseline: 23.60") in md
     assert ("| warmup | B = 512 | Δ vs baseline | B = 1k | Δ vs baseline | paper, kn = 8k (ImageNet) |") in md
-    assert "| none | 13.00 ± 1.41 | +2.90 | 16.00 ± 1.41 | +5.90 | 24.84 ± 0.37 |" in md
-    assert "| gradual | not run yet |  | 10.50 ± 0.14 | +0.40 | 23.74 ± 0.09 |" in md
+    assert ("| none | 13.00 ± 1.41 (12.00–14.00, 2 seeds) | +2.90 | 16.00 ± 1.41 (15.00–17.00, 2 seeds) | +5.90 "
+            "| 24.84 ± 0.37 |") in md
+    assert "| gradual | not run yet |  | 10.50 ± 0.14 (10.40–10.60, 2 seeds) | +0.40 | 23.74 ± 0.09 |" in md
 
 
 def test_a_run_written_before_an_option_existed_reads_it_at_its_default(runs):

@@ -86,14 +86,18 @@ class Group:
         values = [r.b_simple for r in self.ok if math.isfinite(r.b_simple)]
         return statistics.mean(values) if values else math.nan
 
-    def cell(self, unit: str = "") -> str:
+    def cell(self, unit: str = "", spread: bool = False) -> str:
         """Mean ± std in percent, as the paper's tables; diverged and unfinished seeds said, not averaged in.
-        `unit` (e.g. "%") goes after the number, before what is said about the seeds."""
+        `unit` (e.g. "%") goes after the number, before what is said about the seeds; with `spread`, the seeds'
+        count and min–max too (for tables without a column of their own for them)."""
         diverged = len(self.runs) - len(self.ok)
         left_out = f" ({self.unfinished} of {self.expected} seeds unfinished)" if self.unfinished else ""
         if not self.ok:
             return "diverged" + left_out
+        errors = [100 * r.error for r in self.ok]
         text = f"{100 * self.mean:.2f}" + (f" ± {100 * self.std:.2f}" if len(self.ok) > 1 else "") + unit
+        if spread:
+            text += f" ({min(errors):.2f}–{max(errors):.2f}, {len(errors)} seeds)" if len(errors) > 1 else " (1 seed)"
         return text + (f" ({diverged} of {len(self.runs)} diverged)" if diverged else "") + left_out
 
     @property
@@ -369,7 +373,7 @@ def _pivot_section(sweep: SweepResult, base: Group | None, out: Path) -> list[tu
         for b in batches:
             g = cell.get((v, b))
             rate = f" (η {g.runs[0].config['peak_lr']:.3g})" if g is not None and rate_varies else ""
-            row += ([g.cell() + rate, f"{100 * (g.mean - base.mean):+.2f}" if base is not None and g.ok else ""]
+            row += ([g.cell(spread=True) + rate, f"{100 * (g.mean - base.mean):+.2f}" if base is not None and g.ok else ""]
                     if g is not None else ["not run yet", ""])
         rows.append(row + ([paper.get(v, "")] if paper else []))
     header = [option.replace("_", "-"), *[h for b in batches for h in (f"B = {_batch(b)}", "Δ vs baseline")]]
@@ -377,7 +381,8 @@ def _pivot_section(sweep: SweepResult, base: Group | None, out: Path) -> list[tu
     sizes = [_batch(b) for b in batches]
     title = f"{TITLES.get(option, option)} at B = " + (f"{', '.join(sizes[:-1])} and {sizes[-1]}" if len(sizes) > 1
                                                        else sizes[0])
-    intro = ("Test error % (mean ± std over seeds; without ±, one seed) and its distance in points to the baseline"
+    intro = ("Test error % (mean ± std over seeds, then the seeds' min–max and count) and its distance in points "
+             "to the baseline"
              + (f", B = {base.label['global_batch']}: {base.cell()}" if base is not None else "")
              + (" (the paper's kn = 256 baseline: 23.60 ± 0.12)." if paper else "."))
     img = plot_curves(sweep, base, out / f"curves_{sweep.name}.png")
