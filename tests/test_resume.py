@@ -51,7 +51,8 @@ def test_kill_and_resume_gives_identical_parameters_and_metrics(tmp_path, small_
 
 def test_resume_refuses_checkpoint_of_another_config(tmp_path, small_fmnist):
     run = tmp_path / "run"
-    launch(RECIPE, ["--global-batch", 256, "--subset", 512, "--epochs", 1, "--run-dir", run])
+    first = launch(RECIPE, ["--global-batch", 256, "--subset", 512, "--epochs", 1, "--run-dir", run])
+    assert "img/s" not in first.stderr and "epoch 1.00" in first.stdout  # TQDM_DISABLE=1 silences the bar only
     out = launch(RECIPE, ["--global-batch", 512, "--subset", 512, "--epochs", 1, "--warmup", "none",
                           "--run-dir", run, "--resume"], check=False)
     assert out.returncode == 2

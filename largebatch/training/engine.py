@@ -131,8 +131,9 @@ def train_loop(run: Run, at: Position, stop: StopSignals) -> dict:
     total, per_epoch = sched.total_steps, sched.steps_per_epoch
     eval_steps = max(1, round(cfg.eval_every * per_epoch))
     ckpt_steps = cfg.checkpoint_every or max(1, round(per_epoch))
+    # One bar, on the main process; there `disable` is left to tqdm, whose TQDM_DISABLE=1 an argument would override.
     bar = tqdm(total=total * cfg.global_batch, initial=at.start * cfg.global_batch, unit="img", unit_scale=True,
-               disable=not acc.is_local_main_process, mininterval=2, dynamic_ncols=True)
+               mininterval=2, dynamic_ncols=True, **({} if acc.is_local_main_process else {"disable": True}))
     last_eval, step, saved = {}, at.start, at.start
     taken = None  # the step taken last, until its statistics, summed while the next step runs, are logged
     batches = _stream_batches(run, at.start, total - at.start)  # steps <= total: AdaScale's gain is >= 1
