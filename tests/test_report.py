@@ -267,3 +267,15 @@ def test_a_run_written_before_an_option_existed_reads_it_at_its_default(runs):
     del config["lr_scaling"]  # runs from before --lr-scaling (they scaled linearly, today's default)
     RunFolder(folder).config.write_text(json.dumps(config))
     assert load_run(folder).config["lr_scaling"] == Config().lr_scaling == "linear"
+
+
+def test_the_band_is_drawn_above_the_baseline_only(tmp_path, monkeypatch):
+    """The verdict is one-sided (at most mean + band), so is the shaded band."""
+    from matplotlib.axes import Axes
+
+    from largebatch.tools.figures import error_vs_batch
+
+    spans, span = [], Axes.axhspan
+    monkeypatch.setattr(Axes, "axhspan", lambda self, lo, hi, **kw: spans.append((lo, hi)) or span(self, lo, hi, **kw))
+    error_vs_batch([256, 512], ["256", "512"], [6.6, 6.9], [0.1, 0.1], ("B=256", 6.6, 0.5), tmp_path / "e.png")
+    assert spans == [(6.6, 7.1)] and (tmp_path / "e.png").exists()
