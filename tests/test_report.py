@@ -279,3 +279,15 @@ def test_the_band_is_drawn_above_the_baseline_only(tmp_path, monkeypatch):
     monkeypatch.setattr(Axes, "axhspan", lambda self, lo, hi, **kw: spans.append((lo, hi)) or span(self, lo, hi, **kw))
     error_vs_batch([256, 512], ["256", "512"], [6.6, 6.9], [0.1, 0.1], ("B=256", 6.6, 0.5), tmp_path / "e.png")
     assert spans == [(6.6, 7.1)] and (tmp_path / "e.png").exists()
+
+
+def test_a_cell_says_spread_divergence_and_missing_seeds_in_one_parenthesis():
+    from largebatch.tools.report import Group, Run
+
+    def run(error, status="finished"):
+        return Run(None, {}, status, [{"epoch": 1.0, "test_error": error}])
+
+    group = Group({"global_batch": 2048}, [run(0.07), run(0.08), run(0.5, "diverged")], expected=5)
+    assert group.cell("%", spread=True) == "7.50 ± 0.71% (7.00–8.00, 2 seeds; 1 of 3 diverged; 2 of 5 seeds unfinished)"
+    assert Group({}, [run(0.0703)], expected=5).cell(spread=True) == "7.03 (1 seed; 4 of 5 seeds unfinished)"
+    assert Group({}, [run(0.0703)], expected=1).cell() == "7.03"

@@ -96,9 +96,11 @@ class Group:
             return "diverged" + left_out
         errors = [100 * r.error for r in self.ok]
         text = f"{100 * self.mean:.2f}" + (f" ± {100 * self.std:.2f}" if len(self.ok) > 1 else "") + unit
-        if spread:
-            text += f" ({min(errors):.2f}–{max(errors):.2f}, {len(errors)} seeds)" if len(errors) > 1 else " (1 seed)"
-        return text + (f" ({diverged} of {len(self.runs)} diverged)" if diverged else "") + left_out
+        notes = ([f"{min(errors):.2f}–{max(errors):.2f}, {len(errors)} seeds" if len(errors) > 1 else "1 seed"]
+                 if spread else [])
+        notes += [f"{diverged} of {len(self.runs)} diverged"] if diverged else []
+        notes += [f"{self.unfinished} of {self.expected} seeds unfinished"] if self.unfinished else []
+        return text + (f" ({'; '.join(notes)})" if notes else "")
 
     @property
     def spread(self) -> str:
