@@ -276,7 +276,8 @@ def test_the_band_is_drawn_above_the_baseline_only(tmp_path, monkeypatch):
     from largebatch.tools.figures import error_vs_batch
 
     spans, span = [], Axes.axhspan
-    monkeypatch.setattr(Axes, "axhspan", lambda self, lo, hi, **kw: spans.append((lo, hi)) or span(self, lo, hi, **kw))
+    monkeypatch.setattr(Axes, "axhspan",
+                        lambda self, lo, hi, **kw: spans.append((lo, hi)) or span(self, lo, hi, **kw))
     error_vs_batch([256, 512], ["256", "512"], [6.6, 6.9], [0.1, 0.1], ("B=256", 6.6, 0.5), tmp_path / "e.png")
     assert spans == [(6.6, 7.1)] and (tmp_path / "e.png").exists()
 

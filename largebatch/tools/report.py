@@ -91,22 +91,25 @@ class Group:
         `unit` (e.g. "%") goes after the number, before what is said about the seeds; with `spread`, the seeds'
         count and min–max too (for tables without a column of their own for them)."""
         diverged = len(self.runs) - len(self.ok)
-        left_out = f" ({self.unfinished} of {self.expected} seeds unfinished)" if self.unfinished else ""
+        notes = [f"{self.unfinished} of {self.expected} seeds unfinished"] if self.unfinished else []
         if not self.ok:
-            return "diverged" + left_out
-        errors = [100 * r.error for r in self.ok]
+            return "diverged" + (f" ({notes[0]})" if notes else "")
+        notes = ([f"{diverged} of {len(self.runs)} diverged"] if diverged else []) + notes
+        if spread:
+            notes.insert(0, f"{self.low_high}, {len(self.ok)} seeds" if len(self.ok) > 1 else "1 seed")
         text = f"{100 * self.mean:.2f}" + (f" ± {100 * self.std:.2f}" if len(self.ok) > 1 else "") + unit
-        notes = ([f"{min(errors):.2f}–{max(errors):.2f}, {len(errors)} seeds" if len(errors) > 1 else "1 seed"]
-                 if spread else [])
-        notes += [f"{diverged} of {len(self.runs)} diverged"] if diverged else []
-        notes += [f"{self.unfinished} of {self.expected} seeds unfinished"] if self.unfinished else []
         return text + (f" ({'; '.join(notes)})" if notes else "")
+
+    @property
+    def low_high(self) -> str:
+        """The seeds' lowest and highest error in percent, "6.76–7.08"."""
+        errors = [100 * r.error for r in self.ok]
+        return f"{min(errors):.2f}–{max(errors):.2f}"
 
     @property
     def spread(self) -> str:
         """The seeds' count, and their lowest and highest error in percent when there are several."""
-        errors = [100 * r.error for r in self.ok]
-        return self.seeds + (f" ({min(errors):.2f}–{max(errors):.2f})" if len(errors) > 1 else "")
+        return self.seeds + (f" ({self.low_high})" if len(self.ok) > 1 else "")
 
     def curve(self) -> tuple[list[float], list[float]]:
         """Training error per evaluation, averaged over the seeds that finished."""
@@ -375,8 +378,8 @@ def _pivot_section(sweep: SweepResult, base: Group | None, out: Path) -> list[tu
         for b in batches:
             g = cell.get((v, b))
             rate = f" (η {g.runs[0].config['peak_lr']:.3g})" if g is not None and rate_varies else ""
-            row += ([g.cell(spread=True) + rate, f"{100 * (g.mean - base.mean):+.2f}" if base is not None and g.ok else ""]
-                    if g is not None else ["not run yet", ""])
+            delta = f"{100 * (g.mean - base.mean):+.2f}" if g is not None and base is not None and g.ok else ""
+            row += [g.cell(spread=True) + rate, delta] if g is not None else ["not run yet", ""]
         rows.append(row + ([paper.get(v, "")] if paper else []))
     header = [option.replace("_", "-"), *[h for b in batches for h in (f"B = {_batch(b)}", "Δ vs baseline")]]
     header += ["paper, kn = 8k (ImageNet)"] if paper else []
