@@ -63,11 +63,12 @@ results-6-epochs: setup
 	for s in $(SHORT); do $(BIN)/largebatch sweep recipes/sweeps/$$s.yaml --out runs/sweeps --jobs $(JOBS) || exit 1; done
 	$(BIN)/largebatch report runs/sweeps --sweeps $(SHORT) --out docs/results/fashion-mnist-6-epochs
 
-# The 60-epoch budget, where B = 2048 (8x) holds over 5 seeds: Figure 1 and Table 1 (warmup) at it, 5 seeds
-# each, and their report, into docs/results/fashion-mnist-60-epochs. From nothing ~11 h on 2 cores (50 runs of
-# ~27 min on one core, two at a time); resumable. To add to the committed runs rather than redo them, copy them
-# in first: cp -r docs/results/fashion-mnist-60-epochs/{budget_wide_*,figure1_60,warmup_60} runs/sweeps/
-WIDE := figure1_60 warmup_60
+# The 60-epoch budget, where B = 2048 (8x) holds over 5 seeds: Figure 1, Table 1 (warmup) and the rate rule
+# (linear against square root) at it, 5 seeds each, and their report, into docs/results/fashion-mnist-60-epochs.
+# From nothing ~12 h on 2 cores (55 runs of ~27 min on one core, two at a time); resumable. To add to the
+# committed runs rather than redo them, copy them in first:
+# cp -r docs/results/fashion-mnist-60-epochs/{budget_wide_*,figure1_60,warmup_60,rate_60} runs/sweeps/
+WIDE := figure1_60 warmup_60 rate_60
 results-60-epochs: setup
 	for s in $(WIDE); do $(BIN)/largebatch sweep recipes/sweeps/$$s.yaml --out runs/sweeps --jobs $(JOBS) || exit 1; done
 	$(BIN)/largebatch report runs/sweeps --sweeps $(WIDE) --out docs/results/fashion-mnist-60-epochs

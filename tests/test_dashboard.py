@@ -15,7 +15,7 @@ from conftest import ROOT
 
 from largebatch.tools.cli import main
 
-SWEEPS = ["figure1_60", "warmup_60", "figure1", "budget", "batch_size", "warmup", "batchnorm", "weight_decay", "lr_sensitivity", "beyond"]
+SWEEPS = ["figure1_60", "warmup_60", "rate_60", "figure1", "budget", "batch_size", "warmup", "batchnorm", "weight_decay", "lr_sensitivity", "beyond"]
 
 
 def _dashboard(capsys, *args):

@@ -29,7 +29,7 @@ from .sweep import Sweep, load_sweep, wandb_args
 # The Fashion-MNIST sweeps: `make results-60-epochs` runs the first two (Figure 1 and Table 1 where 8x holds),
 # `make results` the next two (at 10 epochs), `make results-6-epochs` the short-budget rest.
 SWEEP_FILES = [f"recipes/sweeps/{name}.yaml" for name in
-               ("figure1_60", "warmup_60", "figure1", "budget", "batch_size", "warmup", "batchnorm", "weight_decay",
+               ("figure1_60", "warmup_60", "rate_60", "figure1", "budget", "batch_size", "warmup", "batchnorm", "weight_decay",
                 "lr_sensitivity", "beyond")]
 OPTIONS = {f.name for f in dataclasses.fields(Config)}
 PINNED = {"model"}  # besides the sweeps' own options: runs of another model are another experiment
