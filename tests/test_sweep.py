@@ -219,6 +219,35 @@ def test_a_damaged_summary_is_run_again_not_taken_as_finished(tmp_path, capsys, 
     assert "global-batch=256/summary.json is damaged" in out.err
 
 
+def test_editing_the_grid_renames_the_runs_already_trained(tmp_path, capsys, monkeypatch):
+    """A folder's name lists the parameters with several values, so adding seeds to a one-seed sweep renames every
+    run: the work done under the old names is moved to the new ones, finished or half-done, not trained again."""
+    import dataclasses
+    from largebatch.tools.sweep import _still_to_run
+
+    monkeypatch.chdir(ROOT)
+    one_seed = TINY.format(name="tiny", batches=[128, 256]) + "  seed: {value: 0}\n"
+    sweep = load_sweep(_write(tmp_path, one_seed))
+    out = tmp_path / "out"
+    for run in checked_runs(sweep, out):
+        # Each one-seed run half-trained, and beside it a folder that trained something else (2 epochs).
+        for name, config in ((run.name, run.config), (f"{run.name}-2-epochs", dataclasses.replace(run.config, epochs=2))):
+            (out / "tiny" / name / "checkpoints").mkdir(parents=True)
+            RunFolder(out / "tiny" / name).config.write_text(json.dumps(dataclasses.asdict(config)))
+    RunFolder(out / "tiny/global-batch=128").summary.write_text('{"status": "finished", "test_error": 0.1}')
+
+    more = load_sweep(_write(tmp_path, one_seed.replace("seed: {value: 0}", "seed: {values: [0, 1]}")))
+    todo = _still_to_run(more, checked_runs(more, out), out)
+    said = capsys.readouterr().out
+    assert [r.name for r in todo] == ["global-batch=128,seed=1", "global-batch=256,seed=0", "global-batch=256,seed=1"]
+    assert ("global-batch=128,seed=0: already finished (trained as global-batch=128 before the sweep file changed: "
+            "renamed)") in said
+    assert "global-batch=256,seed=0: resumes (trained as global-batch=256" in said
+    assert (out / "tiny/global-batch=256,seed=0/checkpoints").is_dir()  # the half-done run resumes from its own
+    assert not (out / "tiny/global-batch=128").exists() and not (out / "tiny/global-batch=256").exists()
+    assert {p.name for p in (out / "tiny").iterdir()} >= {"global-batch=128-2-epochs", "global-batch=256-2-epochs"}
+
+
 def test_a_run_killed_by_a_signal_is_said_so(tmp_path):
     from types import SimpleNamespace
 

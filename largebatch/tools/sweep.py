@@ -3,7 +3,8 @@
 A sweep file works unchanged with `wandb sweep FILE` + `wandb agent ID`. `largebatch sweep FILE` runs
 the same grid in the order W&B's grid search proposes it (parameters sorted by name, each one's values
 in the order written), one folder per run under <out>/<sweep name>/, skipping finished runs, resuming
-interrupted ones and reusing an identical finished run of another sweep in the same <out>.
+interrupted ones (also those trained under another name before the file was edited) and reusing an identical
+finished run of another sweep in the same <out>.
 
 Written here because wandb runs a grid only through its server (`wandb agent`), and its local
 controller needs the `sweeps` package, which pins numpy < 2.
@@ -130,8 +131,14 @@ class _Run:
 
     def key(self, program: str) -> str:
         """Runs with equal keys train the same model the same way: one can stand in for the other."""
-        return json.dumps(dict(self.config.trajectory(), program=str(Path(program).resolve()),
-                               data_dir=self.config.data_dir), sort_keys=True)
+        return _key(self.config.trajectory(), self.config.data_dir, program)
+
+
+def _key(trajectory: dict, data_dir: str, program: str) -> str:
+    return json.dumps(dict(trajectory, program=str(Path(program).resolve()), data_dir=data_dir), sort_keys=True)
+
+
+_TRAJECTORY = [f.name for f in dataclasses.fields(Config) if f.metadata["trajectory"]]
 
 
 def checked_runs(sweep: Sweep, out: Path) -> list[_Run]:
@@ -224,19 +231,45 @@ def run_sweep(path: str | Path, out: str | Path = "runs/sweeps", report_to: str 
     return _run_all(sweep, todo, report_to, jobs, gpus)
 
 
+def _under_old_names(sweep: Sweep, runs: list[_Run], out: Path) -> dict[str, Path]:
+    """This sweep's run folders that its grid no longer names, by what they trained. A folder's name lists the
+    parameters with more than one value (W&B's way), so giving a one-value parameter a second value (more seeds)
+    or dropping one renames every run; these folders keep the work done under the old names."""
+    names, found = {run.name for run in runs}, {}
+    for folder in sorted(p for p in (out / sweep.name).glob("*") if p.is_dir() and not p.is_symlink()):
+        rf = RunFolder(folder)
+        if folder.name in names or not rf.config.is_file():
+            continue
+        try:
+            saved = rf.read_config()
+        except (OSError, ValueError):
+            continue  # unreadable: left where it is, and trained anew under the new name
+        if all(name in saved for name in _TRAJECTORY):
+            found.setdefault(_key({n: saved[n] for n in _TRAJECTORY}, saved.get("data_dir"), sweep.program), folder)
+    return found
+
+
 def _still_to_run(sweep: Sweep, runs: list[_Run], out: Path) -> list[_Run]:
-    """The runs not finished yet; an identical run finished by another sweep is linked, not retrained."""
-    elsewhere = _finished_elsewhere(out, sweep.name)
+    """The runs not finished yet; an identical run finished by another sweep is linked, not retrained, and one
+    this sweep trained under another folder name (before its file was edited) is renamed and finished."""
+    elsewhere, renamed = _finished_elsewhere(out, sweep.name), _under_old_names(sweep, runs, out)
     todo = []
     for run in runs:
-        twin = elsewhere.get(run.key(sweep.program))
+        key = run.key(sweep.program)
+        twin, old = elsewhere.get(key), renamed.pop(key, None)
+        moved = ""
+        if old and not run.folder.exists():
+            old.rename(run.folder)
+            moved = f" (trained as {old.name} before the sweep file changed: renamed)"
         if read_summary(run.folder) is not None:
-            print(f"  {run.name}: already finished")
+            print(f"  {run.name}: already finished{moved}")
         elif twin and not run.folder.exists():
             run.folder.symlink_to(os.path.relpath(twin, run.folder.parent))
             print(f"  {run.name}: the same run finished as {twin}; reusing it")
         else:
             todo.append(run)
+            if moved:
+                print(f"  {run.name}: resumes{moved}")
     return todo
 
 
