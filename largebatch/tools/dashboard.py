@@ -26,8 +26,8 @@ from ..training.recipes import recipe_of
 from .report import section_title
 from .sweep import Sweep, load_sweep, wandb_args
 
-# The Fashion-MNIST sweeps: `make results-60-epochs` runs the first two (Figure 1 and Table 1 where 8x holds),
-# `make results` the next two (at 10 epochs), `make results-6-epochs` the short-budget rest.
+# The Fashion-MNIST sweeps: `make results-60-epochs` runs the first three (Figure 1, Table 1 and the rate rule
+# where 8x holds), `make results` the next two (at 10 epochs), `make results-6-epochs` the short-budget rest.
 SWEEP_FILES = [f"recipes/sweeps/{name}.yaml" for name in
                ("figure1_60", "warmup_60", "rate_60", "figure1", "budget", "batch_size", "warmup", "batchnorm", "weight_decay",
                 "lr_sensitivity", "beyond")]

@@ -138,7 +138,7 @@ def _key(trajectory: dict, data_dir: str, program: str) -> str:
     return json.dumps(dict(trajectory, program=str(Path(program).resolve()), data_dir=data_dir), sort_keys=True)
 
 
-_TRAJECTORY = [f.name for f in dataclasses.fields(Config) if f.metadata["trajectory"]]
+_TRAJECTORY = list(Config().trajectory())  # the option names that shape training
 
 
 def checked_runs(sweep: Sweep, out: Path) -> list[_Run]:
